@@ -1,0 +1,1 @@
+"""Face geometry: the morphable model, the camera, alignment, detection, landmarks, fitting."""
