@@ -65,3 +65,32 @@ class TripletRecord:
         neg = self.faces[self.most_different - 1]
         a, p = (f for i, f in enumerate(self.faces) if i != self.most_different - 1)
         return a, p, neg
+
+
+@dataclass
+class DatasetIndex:
+    """What an AU reader returns: the labelled frames, what it skipped and why, notes."""
+
+    dataset: str  # "bp4d" | "bp4dplus" | "disfa"
+    root: str
+    records: list[FrameRecord]
+    skipped: list[tuple[str, str]]  # glee.datasets.errors.Skip: (reference, reason)
+    au_names: list[str]  # label order, e.g. ["AU1", "AU2", ...]
+    warnings: list[str]
+    split: dict[str, int] | None = None  # subject -> fold used for `FrameRecord.fold`
+
+    def subjects(self) -> list[str]:
+        return sorted({r.subject for r in self.records})
+
+
+@dataclass
+class FecIndex:
+    """What the FEC reader returns: the triplets of one CSV and the rows it skipped."""
+
+    csv: str
+    split: str  # "train" | "test" | "custom"
+    triplets: list[TripletRecord]
+    skipped: list[tuple[str, str]]  # (csv:line or url, reason)
+    warnings: list[str]
+    image_root: str | None = None
+    cache_dir: str | None = None
