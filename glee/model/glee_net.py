@@ -1,0 +1,161 @@
+"""GLEE-Net (Sec. III): E_exp = G_exp + L_exp from the global and local branches, then an
+AU classifier over concat(E_exp, f_exp).
+
+Two seams, as timm's forward_features / forward_head: `embed(images)` is the L2-normalised
+E_exp that pretraining trains with the triplet loss; `forward_head(e_exp, f_exp)` is the AU
+head finetuning adds; `forward(images, f_exp)` is both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from glee.model.classifier import build_classifier
+from glee.model.config import RESNET_BACKBONES, GLEEConfig
+from glee.model.global_branch import GlobalBranch, ResNetEncoder
+from glee.model.local_branch import LocalBranch
+
+
+def facenet_normalise(images: torch.Tensor) -> torch.Tensor:
+    """RGB in [0, 1] -> FaceNet's input range: (x * 255 - 127.5) / 128."""
+    return (images * 255.0 - 127.5) / 128.0
+
+
+class GLEENet(nn.Module):
+    """GLEE-Net and its Table V variants, selected by `GLEEConfig`.
+
+    images: (B, 3, H, W) float RGB in [0, 1] (H = W = cfg.input_size); f_exp: (B, expr_dim)
+    3DMM expression coefficients. Variants:
+      w/o 3DGB: the head sees E_exp only (f_exp may be None).
+      w/o GB&LB: no embedding; the head sees f_exp only (images may be None) and
+        `embed` raises, so this variant cannot be pretrained.
+      fixed GB&LB: branch weights frozen (requires_grad False) and their BN kept in eval.
+      ResNet instead of GB&LB: one torchvision ResNet gives E_exp.
+    Training needs batches of at least 2 (the face model's BatchNorm1d).
+    """
+
+    def __init__(self, cfg: GLEEConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.global_branch: nn.Module | None = None
+        self.local_branch: LocalBranch | None = None
+        if cfg.use_global:
+            if cfg.backbone in RESNET_BACKBONES:
+                self.global_branch = ResNetEncoder(cfg)
+            else:
+                self.global_branch = GlobalBranch(cfg)
+        if cfg.use_local:
+            self.local_branch = LocalBranch(cfg)
+        self.classifier = build_classifier(cfg, cfg.head_input_dim)
+        if cfg.freeze_branches:
+            for p in self.branch_parameters(trainable_only=False):
+                p.requires_grad_(False)
+            self._branches_eval()
+
+    # ------------------------------------------------------------------ modes
+
+    def _branches(self) -> list[nn.Module]:
+        return [b for b in (self.global_branch, self.local_branch) if b is not None]
+
+    def _branches_eval(self) -> None:
+        for b in self._branches():
+            b.eval()
+
+    def train(self, mode: bool = True) -> GLEENet:
+        super().train(mode)
+        if self.cfg.freeze_branches:
+            self._branches_eval()  # "fixed GB&LB": BN statistics stay fixed too
+        return self
+
+    def branch_parameters(self, trainable_only: bool = True) -> Iterator[nn.Parameter]:
+        """Parameters of the global / local branches (the embedding)."""
+        for b in self._branches():
+            for p in b.parameters():
+                if p.requires_grad or not trainable_only:
+                    yield p
+
+    def head_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the AU classifier."""
+        yield from self.classifier.parameters()
+
+    # ---------------------------------------------------------------- forward
+
+    def _check_images(self, images: torch.Tensor | None) -> torch.Tensor:
+        if images is None or images.dim() != 4 or images.shape[1] != 3:
+            shape = None if images is None else tuple(images.shape)
+            raise ValueError(f"images must be (B, 3, H, W) RGB in [0, 1], got {shape}")
+        return images
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised E_exp = G_exp + L_exp (Sec. III-B), (B, embed_dim)."""
+        if not self.cfg.has_embedding:
+            raise ValueError(
+                "this GLEE-Net variant has no global or local branch (w/o GB&LB): there is "
+                "no expression embedding to compute or pretrain; use the full model"
+            )
+        x = facenet_normalise(self._check_images(images))
+        e_exp = 0.0
+        if self.global_branch is not None:
+            e_exp = e_exp + self.global_branch(x)  # G_exp
+        if self.local_branch is not None:
+            e_exp = e_exp + self.local_branch(x)  # L_exp
+        return F.normalize(e_exp, p=2, dim=1)
+
+    def forward_head(
+        self, e_exp: torch.Tensor | None, f_exp: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """AU head over concat(E_exp, f_exp) (Sec. III-D) -> (initial, final) (B, N_au)."""
+        parts = []
+        if self.cfg.has_embedding:
+            if e_exp is None or e_exp.dim() != 2 or e_exp.shape[1] != self.cfg.embed_dim:
+                shape = None if e_exp is None else tuple(e_exp.shape)
+                raise ValueError(f"e_exp must be (B, {self.cfg.embed_dim}), got {shape}")
+            parts.append(e_exp)
+        if self.cfg.use_3d:
+            if f_exp is None or f_exp.dim() != 2 or f_exp.shape[1] != self.cfg.expr_dim:
+                shape = None if f_exp is None else tuple(f_exp.shape)
+                raise ValueError(
+                    f"f_exp must be (B, {self.cfg.expr_dim}) 3DMM expression coefficients, "
+                    f"got {shape}"
+                )
+            dtype = parts[0].dtype if parts else f_exp.dtype
+            parts.append(f_exp.to(dtype))
+        return self.classifier(torch.cat(parts, dim=1))
+
+    def forward(
+        self, images: torch.Tensor | None, f_exp: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        e_exp = self.embed(images) if self.cfg.has_embedding else None
+        return self.forward_head(e_exp, f_exp)
+
+
+def build_glee_net(cfg: GLEEConfig, weights_path: str | Path | None = None) -> GLEENet:
+    """GLEE-Net with VGGFace2 FaceNet weights where the config uses InceptionResnetV1.
+
+    Weights come from `weights_path`, else `cfg.weights_path`, else the standard cache
+    path (weights.vggface2_path); when the file is absent: one warning, random init.
+    Other backbones start from random initialisation.
+    """
+    model = GLEENet(cfg)
+    if isinstance(model.global_branch, GlobalBranch) and cfg.backbone == "inception_resnet_v1":
+        path = weights_path if weights_path is not None else cfg.weights_path
+        model.global_branch.load_backbone_weights(path)
+    elif weights_path is not None:
+        raise ValueError(
+            f"weights_path is VGGFace2 InceptionResnetV1 weights, but this config has "
+            f"backbone {cfg.backbone!r} (use_global={cfg.use_global}); leave it unset"
+        )
+    return model
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+__all__ = ["GLEENet", "build_glee_net", "count_parameters", "facenet_normalise"]
