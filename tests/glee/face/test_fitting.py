@@ -1,0 +1,166 @@
+"""3DMM landmark fitting (Sec. III-C): recovery, point-to-curve energy, batching, failures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from glee.face.camera import Camera, project, rotation_matrix
+from glee.face.default_model import default_model, landmark_moving_expressions
+from glee.face.fitting import (
+    _rotation_and_derivatives,
+    fit_energy,
+    fit_landmarks,
+    fit_residuals_and_jacobian,
+)
+from glee.face.morphable_model import MorphableModel
+
+CAM = Camera.for_image(256, 256)
+
+
+def synthetic_faces(model: MorphableModel, n: int, seed: int = 0):
+    """Shape ~ N(0,1) clipped to [-3,3], sparse expression in [0,1], |angles| <= 25 deg,
+    tz so the face is ~130 px wide in a 256 image."""
+    rng = np.random.default_rng(seed)
+    lm = model.landmark_subset()
+    shape = np.clip(rng.standard_normal((n, model.num_shape)), -3, 3)
+    expr = rng.uniform(0, 1, (n, model.num_expression))
+    expr *= rng.uniform(size=expr.shape) < 0.15
+    tz = CAM.focal * np.ptp(lm.mean[:, 0]) / 130.0
+    pose = np.c_[
+        np.deg2rad(rng.uniform(-25, 25, (n, 3))),
+        rng.normal(0, 5, (n, 2)),
+        tz * rng.uniform(0.9, 1.1, n),
+    ]
+    uv = project(lm.vertices(shape, expr).astype(np.float64), pose, CAM)
+    return uv, pose, shape, expr
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    model = default_model()
+    uv, pose, shape, expr = synthetic_faces(model, 24)
+    return model, uv, pose, shape, expr, fit_landmarks(model, uv, CAM)
+
+
+def test_noise_free_recovery(fitted):
+    model, uv, pose, shape, expr, res = fitted
+    assert res.rmse.max() < 1.0
+    assert res.converged.mean() >= 0.8
+    ang_err = np.rad2deg(np.abs(res.pose[:, :3] - pose[:, :3]))
+    assert np.median(ang_err) < 1.0
+    moving = [model.expression_index(n) for n in landmark_moving_expressions(model)]
+    est, true = res.expression[:, moving].ravel(), expr[:, moving].ravel()
+    assert np.abs(est - true).mean() < 0.03
+    assert np.corrcoef(est, true)[0, 1] > 0.95
+    assert (res.expression >= 0).all() and (res.expression <= 1).all()
+
+
+def test_energy_is_hand_computable():
+    model = default_model()
+    uv, pose, shape, expr = synthetic_faces(model, 3, seed=1)
+    e = fit_energy(model, uv, CAM, pose, shape, expr, reg_shape=0.01, reg_expression=0.02)
+    expected = 0.01 * (shape**2).sum(1) + 0.02 * (expr**2).sum(1)
+    np.testing.assert_allclose(e, expected, rtol=1e-6, atol=1e-6)
+    moved = uv.copy()
+    moved[:, 30] += [3.0, 4.0]  # nose tip is a point landmark: +25 px^2
+    e2 = fit_energy(model, moved, CAM, pose, shape, expr, reg_shape=0.01, reg_expression=0.02)
+    np.testing.assert_allclose(e2 - e, 25.0, rtol=1e-5)
+
+
+def test_point_to_curve_lets_contour_points_slide():
+    model = default_model()
+    uv, pose, shape, expr = synthetic_faces(model, 1, seed=2)
+    base = fit_energy(model, uv, CAM, pose, shape, expr)[0]
+    tangent = uv[0, 9] - uv[0, 7]
+    tangent /= np.linalg.norm(tangent)
+    normal = np.array([-tangent[1], tangent[0]])
+    slid, off = uv.copy(), uv.copy()
+    slid[0, 8] += 2.0 * tangent  # the chin (jaw contour, not an endpoint) slides along the jaw
+    off[0, 8] += 2.0 * normal  # ... or leaves it
+    e_slid = fit_energy(model, slid, CAM, pose, shape, expr)[0]
+    e_off = fit_energy(model, off, CAM, pose, shape, expr)[0]
+    assert e_slid - base < 0.5
+    assert 3.0 < e_off - base < 4.5
+    corner = uv.copy()
+    corner[0, 0] += 2.0 * tangent  # jaw endpoint: point-to-point, full 4 px^2
+    assert fit_energy(model, corner, CAM, pose, shape, expr)[0] - base == pytest.approx(4, rel=1e-4)
+
+
+def test_rotation_derivatives_and_jacobian_match_finite_differences():
+    angles = np.array([[0.3, -0.2, 0.1], [-0.4, 0.35, -0.25]])
+    rot, drot = _rotation_and_derivatives(angles)
+    np.testing.assert_allclose(rot, rotation_matrix(*angles.T), atol=1e-12)
+    h = 1e-6
+    for k in range(3):
+        d = np.zeros(3)
+        d[k] = h
+        num = (rotation_matrix(*(angles + d).T) - rotation_matrix(*(angles - d).T)) / (2 * h)
+        np.testing.assert_allclose(drot[:, k], num, atol=1e-8)
+
+    model = default_model()
+    uv, pose, shape, expr = synthetic_faces(model, 1, seed=3)
+    rng = np.random.default_rng(0)
+    theta = np.r_[pose[0], shape[0], expr[0]] + rng.normal(0, 0.02, 6 + 111)
+    r, jac = fit_residuals_and_jacobian(model, uv[0] + rng.normal(0, 1, (68, 2)), CAM, theta)
+    assert r.shape == (jac.shape[0],) and jac.shape[1] == theta.size
+    num = np.empty_like(jac)
+    for k in range(theta.size):
+        d = np.zeros_like(theta)
+        d[k] = 1e-6
+        rp, _ = fit_residuals_and_jacobian(model, uv[0], CAM, theta + d)
+        rm, _ = fit_residuals_and_jacobian(model, uv[0], CAM, theta - d)
+        num[:, k] = (rp - rm) / 2e-6
+    r0, jac0 = fit_residuals_and_jacobian(model, uv[0], CAM, theta)
+    np.testing.assert_allclose(jac0, num, atol=1e-4 * np.abs(num).max())
+    energy = fit_energy(model, uv, CAM, theta[None, :6], theta[None, 6:66], theta[None, 66:])
+    assert r0 @ r0 == pytest.approx(energy[0], rel=1e-9)
+
+
+def test_batched_fit_equals_per_face_fits():
+    model = default_model()
+    uv, *_ = synthetic_faces(model, 3, seed=4)
+    noisy = uv + np.random.default_rng(1).normal(0, 1.0, uv.shape)
+    batch = fit_landmarks(model, noisy, CAM, max_iter=15)
+    for i in range(3):
+        one = fit_landmarks(model, noisy[i : i + 1], CAM, max_iter=15)
+        np.testing.assert_allclose(one.pose[0], batch.pose[i], atol=1e-7)
+        np.testing.assert_allclose(one.expression[0], batch.expression[i], atol=1e-7)
+        np.testing.assert_allclose(one.energy[0], batch.energy[i], rtol=1e-9)
+
+
+def test_diverged_input_is_flagged_not_crashed():
+    model = default_model()
+    uv, *_ = synthetic_faces(model, 3, seed=5)
+    uv[1, 10] = np.nan
+    cams = [CAM, CAM, Camera(focal=np.nan, cx=128, cy=128)]
+    res = fit_landmarks(model, uv, cams)
+    assert not res.converged[1] and not res.converged[2]
+    assert np.isnan(res.rmse[1]) and np.isnan(res.rmse[2]) and np.isnan(res.pose[1]).all()
+    assert np.isfinite(res.pose[0]).all() and res.rmse[0] < 1.0  # its neighbours still fit
+    with pytest.raises(ValueError, match="68, 2"):
+        fit_landmarks(model, uv[:, :60], CAM)
+
+
+def test_any_npz_model(tmp_path):
+    """A user's model (here a random smooth one, saved and loaded) fits the same way."""
+    base = default_model().landmark_subset()
+    rng = np.random.default_rng(7)
+    p = base.mean.astype(np.float64) / 50.0
+    fields = [
+        np.stack([p[:, 0] * p[:, 1], p[:, 1] ** 2, p[:, 0]], 1) * rng.normal(0, 2, 3)
+        for _ in range(8)
+    ]
+    model = MorphableModel(
+        mean=base.mean,
+        shape_basis=np.stack(fields) + rng.normal(0, 0.3, (8, 68, 3)),
+        expression_basis=base.expression_basis[:5],
+        expression_names=base.expression_names[:5],
+        landmark_index=np.arange(68),
+    )
+    model.save(tmp_path / "m.npz")
+    loaded = MorphableModel.load(tmp_path / "m.npz")
+    uv, pose, shape, expr = synthetic_faces(loaded, 6, seed=8)
+    res = fit_landmarks(loaded, uv, CAM)
+    assert res.shape.shape == (6, 8) and res.expression.shape == (6, 5)
+    assert res.rmse.max() < 1.0
