@@ -1,0 +1,453 @@
+"""Preprocessing on Ray Data: reader records -> shards -> actor pool -> Parquet.
+
+Each shard (up to `shard_size` frames of one subject and task) is one Ray Data row. An
+actor pool (`ActorPoolStrategy`, one CPU per actor, models loaded once per actor) runs
+`glee.preprocessing.FacePreprocessor` on it (decode, landmarks, alignment, a batched 3DMM
+fit) and writes the shard's faces and errors as Parquet, atomically. A shard's file is
+complete or absent, so a rerun with the same arguments processes only what is missing.
+When all shards are done the driver writes errors.parquet, manifest.json and, for FEC,
+triplets.parquet (DESIGN.md, "Preprocessed data: Parquet").
+
+Output (AU datasets):   <out>/faces/part-<shard>.parquet, errors.parquet, manifest.json
+Output (FEC):           <out>/images/part-<shard>.parquet, triplets.parquet, errors.parquet,
+                        manifest.json
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform as std_platform
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from glee.datasets.records import DATASET_AUS, au_names
+from glee.preprocessing import FacePreprocessor, PreprocessConfig, error_row
+
+AU_DATASETS = ("bp4d", "bp4dplus", "disfa")
+DATASETS = (*AU_DATASETS, "fec")
+ERROR_SCHEMA = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("subject", pa.string()),
+        ("task", pa.string()),
+        ("frame", pa.int32()),
+        ("input", pa.string()),
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+    ]
+)
+FACE_SCHEMA = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("subject", pa.string()),
+        ("task", pa.string()),
+        ("frame", pa.int32()),
+        ("fold", pa.int8()),
+        ("image", pa.binary()),
+        ("landmarks", pa.list_(pa.float32(), 136)),
+        ("pose", pa.list_(pa.float32(), 6)),
+        ("shape", pa.list_(pa.float32())),
+        ("expression", pa.list_(pa.float32())),
+        ("fit_rmse", pa.float32()),
+        ("labels", pa.list_(pa.int8())),
+        ("intensities", pa.list_(pa.float32())),
+    ]
+)
+FEC_IMAGE_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("image", pa.binary()),
+        ("landmarks", pa.list_(pa.float32(), 136)),
+        ("pose", pa.list_(pa.float32(), 6)),
+        ("shape", pa.list_(pa.float32())),
+        ("expression", pa.list_(pa.float32())),
+        ("fit_rmse", pa.float32()),
+    ]
+)
+TRIPLET_SCHEMA = pa.schema(
+    [
+        ("anchor", pa.string()),
+        ("positive", pa.string()),
+        ("negative", pa.string()),
+        ("triplet_type", pa.string()),
+        ("margin", pa.float32()),
+        ("split", pa.string()),
+    ]
+)
+
+
+class PreprocessError(RuntimeError):
+    """A user-facing problem (bad root, missing weights, bad option): one line, no traceback."""
+
+
+@dataclass
+class Summary:
+    dataset: str
+    out: Path
+    rows_ok: int
+    rows_failed: int
+    shards_total: int
+    shards_run: int
+    seconds: float
+
+    def line(self) -> str:
+        return f"{self.rows_ok} ok, {self.rows_failed} failed (see {self.out / 'errors.parquet'})"
+
+
+def write_table_atomic(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _write_json_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+# -- shards --------------------------------------------------------------------------------
+def _shard_id(name: str, items: list[dict]) -> str:
+    """Stable across reruns with the same inputs; changes if the shard's inputs change."""
+    digest = hashlib.sha1(
+        "\n".join(str(it["image"]) for it in items).encode(), usedforsecurity=False
+    ).hexdigest()[:8]
+    return f"{name}-{digest}"
+
+
+def _au_items(dataset: str, root: Path, split: str | None) -> tuple[list[dict], list[dict], Any]:
+    from glee.datasets.registry import read_dataset
+
+    kwargs = {"split": split} if split else {}
+    index = read_dataset(dataset, root, **kwargs)
+    items = [
+        {
+            "dataset": r.dataset,
+            "subject": r.subject,
+            "task": r.task,
+            "frame": int(r.frame),
+            "fold": int(r.fold),
+            "labels": [int(v) for v in r.labels],
+            "intensities": None if r.intensities is None else [float(v) for v in r.intensities],
+            "image": r.image,
+        }
+        for r in index.records
+    ]
+    skipped = [
+        error_row({"dataset": dataset, "image": s.reference}, "read", s.reason)
+        for s in index.skipped
+    ]
+    return items, skipped, index
+
+
+def _fec_items(root: Path) -> tuple[list[dict], list[dict], list[dict]]:
+    """Unique faces of the train and test CSVs as items, and the triplets by face id."""
+    from glee.datasets.fec import face_key, read_fec, resolve_image
+
+    faces: dict[str, dict] = {}
+    triplets: list[dict] = []
+    skipped: list[dict] = []
+    for split in ("train", "test"):
+        csv = root / f"faceexp-comparison-data-{split}-public.csv"
+        if not csv.is_file():
+            continue
+        index = read_fec(root, split=split)
+        skipped += [
+            error_row({"dataset": "fec", "image": s.reference}, "read", s.reason)
+            for s in index.skipped
+        ]
+        for t in index.triplets:
+            ids = []
+            for ref in t.anchor_positive_negative:
+                fid = face_key(ref)
+                ids.append(fid)
+                if fid in faces:
+                    continue
+                try:
+                    path = resolve_image(ref.url, image_root=root)
+                except Exception as exc:  # noqa: BLE001
+                    skipped.append(
+                        error_row({"dataset": "fec", "image": ref.url}, "read", str(exc))
+                    )
+                    continue
+                faces[fid] = {
+                    "dataset": "fec",
+                    "image_id": fid,
+                    "subject": Path(path).stem,  # landmarks.parquet keys FEC images by file stem
+                    "task": "",
+                    "frame": 0,
+                    "image": str(path),
+                    "box_norm": [ref.left, ref.right, ref.top, ref.bottom],
+                }
+            triplets.append(
+                {
+                    "anchor": ids[0],
+                    "positive": ids[1],
+                    "negative": ids[2],
+                    "triplet_type": t.triplet_type,
+                    "margin": float(t.margin),
+                    "split": split,
+                }
+            )
+    if not triplets and not skipped:
+        raise PreprocessError(
+            f"FEC root {root} has no faceexp-comparison-data-{{train,test}}-public.csv"
+        )
+    return sorted(faces.values(), key=lambda f: f["image_id"]), triplets, skipped
+
+
+def make_shards(items: list[dict], shard_size: int, group_keys: tuple[str, ...]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for it in items:
+        groups[tuple(it[k] for k in group_keys)].append(it)
+    shards = []
+    for key in sorted(groups):
+        group = groups[key]
+        name = "_".join(str(k) for k in key if k != "") or "all"
+        for start in range(0, len(group), shard_size):
+            chunk = group[start : start + shard_size]
+            shards.append(
+                {
+                    "shard": _shard_id(f"{name}-{start // shard_size:04d}", chunk),
+                    "items": json.dumps(chunk),
+                }
+            )
+    return shards
+
+
+# -- the actor -----------------------------------------------------------------------------
+class ShardWorker:
+    """One per actor: the landmark backend, detector and morphable model load once here."""
+
+    def __init__(self, cfg: dict, root: str, out: str, table: str, fail_after: int | None = None):
+        import cv2
+        import torch
+
+        cv2.setNumThreads(1)
+        torch.set_num_threads(1)
+        self.pre = FacePreprocessor(PreprocessConfig(**cfg), dataset_root=root)
+        self.out = Path(out)
+        self.table = table
+        self.fail_after = fail_after  # test hook: raise after this many shards
+        self.done = 0
+
+    def __call__(self, batch: dict) -> dict:
+        ok, failed = [], []
+        for shard, items_json in zip(batch["shard"], batch["items"]):
+            rows, errors = self.pre.process(json.loads(items_json))
+            write_shard(self.out, self.table, str(shard), rows, errors)
+            ok.append(len(rows))
+            failed.append(len(errors))
+            self.done += 1
+            if self.fail_after is not None and self.done >= self.fail_after:
+                raise RuntimeError(f"injected failure after {self.done} shard(s)")
+        return {"shard": list(batch["shard"]), "ok": ok, "failed": failed}
+
+
+def write_shard(out: Path, table: str, shard: str, rows: list[dict], errors: list[dict]) -> None:
+    """Errors first, faces last: a faces file on disk means the whole shard is done."""
+    schema = FEC_IMAGE_SCHEMA if table == "images" else FACE_SCHEMA
+    err_dir, row_dir = out / "errors", out / table
+    err_dir.mkdir(parents=True, exist_ok=True)
+    row_dir.mkdir(parents=True, exist_ok=True)
+    write_table_atomic(
+        pa.Table.from_pylist(errors, schema=ERROR_SCHEMA), err_dir / f"{shard}.parquet"
+    )
+    cols = {name: [r.get(name) for r in rows] for name in schema.names}
+    write_table_atomic(pa.table(cols, schema=schema), row_dir / f"part-{shard}.parquet")
+
+
+# -- the driver ----------------------------------------------------------------------------
+def _versions() -> dict[str, str]:
+    out = {"python": std_platform.python_version()}
+    for pkg in ("glee-platform", "torch", "ray", "numpy", "opencv-python-headless", "pyarrow"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _ensure_ray(num_cpus: int | None) -> None:
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()  # a cluster: `ray job submit` or RAY_ADDRESS set by the user
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False)
+
+
+def _pool_size(num_cpus: int | None) -> int:
+    if num_cpus:
+        return max(1, int(num_cpus))
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def preprocess_dataset(
+    dataset: str,
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    landmarks: str = "provided",
+    num_cpus: int | None = None,
+    *,
+    split: str | None = None,
+    shard_size: int = 32,
+    config: PreprocessConfig | None = None,
+    progress: bool = True,
+    _fail_after_shards: int | None = None,
+) -> Summary:
+    """Preprocess one dataset into `out` (skipping shards already complete)."""
+    if dataset not in DATASETS:
+        raise PreprocessError(f"unknown dataset {dataset!r}: choose one of {list(DATASETS)}")
+    root, out = Path(root).expanduser().resolve(), Path(out).expanduser().resolve()
+    if not root.is_dir():
+        raise PreprocessError(f"dataset root {root} does not exist: pass --root <{dataset} folder>")
+    if shard_size < 1:
+        raise PreprocessError(f"shard_size must be >= 1, got {shard_size}")
+    cfg = config or PreprocessConfig(landmarks=landmarks)
+    t0 = time.perf_counter()
+
+    # Fail fast on the driver for user mistakes (bad root, missing landmarks or weights).
+    from glee.datasets.errors import DatasetError
+    from glee.face.landmarks import make_landmark_backend
+
+    try:
+        make_landmark_backend(cfg.landmarks, dataset_root=root, device="cpu")
+        if dataset == "fec":
+            items, triplets, read_errors = _fec_items(root)
+            table, group_keys = "images", ()
+        else:
+            items, read_errors, _ = _au_items(dataset, root, split)
+            triplets, table, group_keys = [], "faces", ("subject", "task")
+    except (DatasetError, FileNotFoundError, ValueError) as exc:
+        raise PreprocessError(str(exc).splitlines()[0]) from exc
+    except Exception as exc:
+        if type(exc).__name__ == "MissingWeightsError":
+            raise PreprocessError(str(exc).splitlines()[0]) from exc
+        raise
+
+    shards = make_shards(items, shard_size, group_keys)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [s for s in shards if not (out / table / f"part-{s['shard']}.parquet").exists()]
+    _remove_stale(out, table, {s["shard"] for s in shards})
+
+    if todo:
+        _ensure_ray(num_cpus)
+        from ray.data import ActorPoolStrategy, DataContext
+
+        DataContext.get_current().enable_progress_bars = progress
+        pool = _pool_size(num_cpus)
+        results = (
+            ray.data.from_items(todo, override_num_blocks=len(todo))
+            .map_batches(
+                ShardWorker,
+                fn_constructor_kwargs={
+                    "cfg": cfg.to_dict(),
+                    "root": str(root),
+                    "out": str(out),
+                    "table": table,
+                    "fail_after": _fail_after_shards,
+                },
+                batch_size=1,
+                compute=ActorPoolStrategy(min_size=1, max_size=min(pool, len(todo))),
+                num_cpus=1,
+            )
+            .take_all()
+        )
+        assert len(results) == len(todo), "every shard reports once"
+
+    summary = _finish(dataset, out, table, shards, read_errors, triplets, cfg, root, split)
+    summary.shards_run = len(todo)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _remove_stale(out: Path, table: str, live: set[str]) -> None:
+    """Shards of an earlier run over different inputs would double-count: remove them."""
+    for folder, prefix in ((out / table, "part-"), (out / "errors", "")):
+        if not folder.is_dir():
+            continue
+        for f in folder.glob("*.parquet"):
+            if f.stem.removeprefix(prefix) not in live:
+                f.unlink()
+
+
+def _finish(
+    dataset: str,
+    out: Path,
+    table: str,
+    shards: list[dict],
+    read_errors: list[dict],
+    triplets: list[dict],
+    cfg: PreprocessConfig,
+    root: Path,
+    split: str | None,
+) -> Summary:
+    rows_ok = 0
+    subject_folds: dict[str, int] = {}
+    ok_ids: set[str] = set()
+    columns = ["subject", "fold"] if table == "faces" else ["image_id"]
+    for s in shards:
+        t = pq.read_table(out / table / f"part-{s['shard']}.parquet", columns=columns)
+        rows_ok += t.num_rows
+        if table == "faces":
+            for subj, fold in zip(t["subject"].to_pylist(), t["fold"].to_pylist()):
+                subject_folds[subj] = int(fold)
+        else:
+            ok_ids.update(t["image_id"].to_pylist())
+    err_tables = [pa.Table.from_pylist(read_errors, schema=ERROR_SCHEMA)]
+    err_tables += [pq.read_table(out / "errors" / f"{s['shard']}.parquet") for s in shards]
+    errors = pa.concat_tables(err_tables)
+
+    if table == "images":
+        kept = [t for t in triplets if {t["anchor"], t["positive"], t["negative"]} <= ok_ids]
+        lost = [t for t in triplets if t not in kept]
+        errors = pa.concat_tables(
+            [
+                errors,
+                pa.Table.from_pylist(
+                    [
+                        error_row(
+                            {
+                                "dataset": "fec",
+                                "image": f"{t['anchor']}|{t['positive']}|{t['negative']}",
+                            },
+                            "triplet",
+                            "a face of this triplet failed preprocessing",
+                        )
+                        for t in lost
+                    ],
+                    schema=ERROR_SCHEMA,
+                ),
+            ]
+        )
+        write_table_atomic(
+            pa.Table.from_pylist(kept, schema=TRIPLET_SCHEMA), out / "triplets.parquet"
+        )
+    write_table_atomic(errors, out / "errors.parquet")
+    failed = int(sum(1 for st in errors["stage"].to_pylist() if st != "triplet"))
+    manifest = {
+        "dataset": dataset,
+        "au_names": au_names(DATASET_AUS[dataset]) if dataset in DATASET_AUS else [],
+        "rows_ok": rows_ok,
+        "rows_failed": failed,
+        "triplets": len(triplets) if table == "images" else None,
+        "config": {**cfg.to_dict(), "root": str(root), "split": split},
+        "versions": _versions(),
+        "folds": dict(sorted(subject_folds.items())),
+        "shards": sorted(s["shard"] for s in shards),
+    }
+    if table == "images":
+        manifest["triplets_kept"] = pq.read_metadata(out / "triplets.parquet").num_rows
+    _write_json_atomic(manifest, out / "manifest.json")
+    return Summary(dataset, out, rows_ok, failed, len(shards), 0, 0.0)

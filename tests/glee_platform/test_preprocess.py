@@ -1,0 +1,185 @@
+"""Preprocessing on Ray Data, end to end on the tiny synthetic world."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from glee.datasets.records import DATASET_AUS
+from glee_platform.preprocess import PreprocessError, preprocess_dataset
+
+pytestmark = pytest.mark.ray
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _faces(out: Path, table: str = "faces") -> pd.DataFrame:
+    return pq.read_table(out / table).to_pandas()
+
+
+def _truth_labels(truth: pd.DataFrame, aus: tuple[int, ...]) -> dict[tuple, np.ndarray]:
+    """Ground-truth occurrence per frame from truth.parquet's AU intensities."""
+    from glee.datasets.records import ALL_AUS
+
+    cols = [ALL_AUS.index(a) for a in aus]
+    out = {}
+    for row in truth.itertuples():
+        inten = np.asarray(row.au, float)[cols]
+        out[(row.subject, row.task, int(row.frame))] = inten
+    return out
+
+
+@pytest.fixture(scope="module")
+def prepped(tiny_world, ray_session, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("prep")
+    res = {}
+    for name in ("bp4d", "bp4dplus", "disfa", "fec"):
+        summary = preprocess_dataset(name, tiny_world[name], out / name, num_cpus=2, progress=False)
+        assert summary.rows_ok > 0
+        res[name] = out / name
+    return res
+
+
+@pytest.mark.parametrize("name", ["bp4d", "bp4dplus", "disfa"])
+def test_every_frame_is_a_row_or_an_error_and_labels_match(name, tiny_world, prepped):
+    from glee.datasets.registry import read_dataset
+
+    index = read_dataset(name, tiny_world[name])
+    faces = _faces(prepped[name])
+    errors = pq.read_table(prepped[name] / "errors.parquet").to_pandas()
+    frame_errors = errors[errors.stage != "read"]
+    assert len(faces) + len(frame_errors) == len(index.records)
+    assert not faces.duplicated(["subject", "task", "frame"]).any()
+    by_key = {(r.subject, r.task, r.frame): r for r in index.records}
+    for row in faces.itertuples():
+        rec = by_key[(row.subject, row.task, int(row.frame))]
+        assert list(row.labels) == list(rec.labels)
+        assert int(row.fold) == rec.fold
+    manifest = pd.read_json(prepped[name] / "manifest.json", typ="series")
+    assert manifest["au_names"] == [f"AU{a}" for a in DATASET_AUS[name]]
+    assert manifest["rows_ok"] == len(faces)
+
+
+@pytest.mark.parametrize("name", ["bp4d", "disfa"])
+def test_fit_reprojects_noise_free_landmarks_below_one_pixel(name, prepped):
+    faces = _faces(prepped[name])
+    assert np.median(faces.fit_rmse) < 1.0
+    img = faces.image.iloc[0]
+    import cv2
+
+    decoded = cv2.imdecode(np.frombuffer(img, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.shape == (200, 200, 3)
+    lms = np.stack(faces.landmarks.to_numpy()).reshape(len(faces), 68, 2)
+    # aligned landmarks sit inside the 200x200 crop, eyes on a horizontal line
+    assert (lms[:, 36:48] > 0).all() and (lms[:, 36:48] < 200).all()
+    left, right = lms[:, 36:42].mean(1), lms[:, 42:48].mean(1)
+    assert np.abs(left[:, 1] - right[:, 1]).max() < 1.0
+
+
+def test_expression_coefficients_track_the_truth(tiny_world, prepped):
+    truth = pd.read_parquet(tiny_world["bp4d"] / "truth.parquet")
+    faces = _faces(prepped["bp4d"])
+    merged = faces.merge(truth, on=["subject", "task", "frame"], suffixes=("", "_true"))
+    fit = np.stack(merged.expression.to_numpy())
+    true = np.stack(merged.expression_true.to_numpy())
+    # active blendshapes are recovered far better than chance
+    mae = np.abs(fit - true).mean()
+    assert mae < 0.1, mae
+
+
+def test_fec_images_and_triplets(prepped):
+    out = prepped["fec"]
+    images = pq.read_table(out / "images").to_pandas()
+    triplets = pq.read_table(out / "triplets.parquet").to_pandas()
+    assert len(triplets) > 0
+    ids = set(images.image_id)
+    assert set(triplets.anchor) | set(triplets.positive) | set(triplets.negative) <= ids
+    assert set(np.round(triplets.margin.astype(float), 3)) <= {0.1, 0.2}
+
+
+def test_rerun_skips_finished_shards(tiny_world, prepped, ray_session):
+    summary = preprocess_dataset("bp4d", tiny_world["bp4d"], prepped["bp4d"], progress=False)
+    assert summary.shards_run == 0
+    assert summary.rows_ok == len(_faces(prepped["bp4d"]))
+
+
+def test_resume_after_injected_failure_gives_the_uninterrupted_rows(
+    tiny_world, prepped, ray_session, tmp_path
+):
+    out = tmp_path / "bp4d"
+    with pytest.raises(Exception, match="injected failure"):
+        preprocess_dataset(
+            "bp4d",
+            tiny_world["bp4d"],
+            out,
+            num_cpus=1,
+            shard_size=4,
+            progress=False,
+            _fail_after_shards=2,
+        )
+    partial = list((out / "faces").glob("part-*.parquet"))
+    summary = preprocess_dataset(
+        "bp4d", tiny_world["bp4d"], out, num_cpus=1, shard_size=4, progress=False
+    )
+    assert 0 < len(partial) < summary.shards_total
+    assert summary.shards_run == summary.shards_total - len(partial)
+    resumed = _faces(out).sort_values(["subject", "task", "frame"]).reset_index(drop=True)
+    clean = _faces(prepped["bp4d"]).sort_values(["subject", "task", "frame"]).reset_index(drop=True)
+    assert resumed[["subject", "task", "frame"]].equals(clean[["subject", "task", "frame"]])
+    np.testing.assert_allclose(
+        np.stack(resumed.expression.to_numpy()), np.stack(clean.expression.to_numpy()), atol=1e-5
+    )
+
+
+def test_corrupt_faceless_and_nan_inputs_become_error_rows(tiny_world, ray_session, tmp_path):
+    root = tmp_path / "bp4d"
+    shutil.copytree(tiny_world["bp4d"], root)
+    frames = sorted((root / "2D+3D").rglob("*.jpg"))
+    frames[0].write_bytes(b"\xff\xd8 this is not a jpeg")  # corrupt
+    lms = pd.read_parquet(root / "landmarks.parquet")
+    key = lambda p: (p.parent.parent.name, p.parent.name, int(p.stem))  # noqa: E731
+    faceless, nan_frame = key(frames[1]), key(frames[2])
+    drop = (lms.subject == faceless[0]) & (lms.task == faceless[1]) & (lms.frame == faceless[2])
+    lms = lms[~drop].copy()
+    nan = (lms.subject == nan_frame[0]) & (lms.task == nan_frame[1]) & (lms.frame == nan_frame[2])
+    lms.loc[nan, "x30"] = np.nan
+    lms.to_parquet(root / "landmarks.parquet")
+
+    summary = preprocess_dataset("bp4d", root, tmp_path / "out", progress=False)
+    errors = pq.read_table(tmp_path / "out" / "errors.parquet").to_pandas()
+    stages = {(r.subject, r.task, int(r.frame)): r.stage for r in errors.itertuples()}
+    assert stages[key(frames[0])] == "decode"
+    assert stages[faceless] == "landmarks"
+    assert stages[nan_frame] == "landmarks"
+    assert summary.rows_failed == len(errors[errors.stage != "read"]) >= 3
+    assert summary.line().startswith(f"{summary.rows_ok} ok, {summary.rows_failed} failed")
+
+
+def test_wrong_root_is_one_clear_line(tmp_path):
+    with pytest.raises(PreprocessError, match="does not exist"):
+        preprocess_dataset("bp4d", tmp_path / "nope", tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "jobs/preprocess.py"),
+            "--dataset",
+            "bp4d",
+            "--root",
+            str(tmp_path / "empty"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")
+    assert "Traceback" not in proc.stderr
