@@ -346,7 +346,13 @@ def preprocess_dataset(
         from ray.data import ActorPoolStrategy, DataContext
 
         DataContext.get_current().enable_progress_bars = progress
+        # A fixed pool when the user names the CPUs (every actor starts up front, so shards
+        # spread over nodes); otherwise grow from one actor up to the cluster's CPUs.
         pool = _pool_size(num_cpus)
+        if num_cpus:
+            strategy = ActorPoolStrategy(size=min(pool, len(todo)))
+        else:
+            strategy = ActorPoolStrategy(min_size=1, max_size=min(pool, len(todo)))
         results = (
             ray.data.from_items(todo, override_num_blocks=len(todo))
             .map_batches(
@@ -359,7 +365,7 @@ def preprocess_dataset(
                     "fail_after": _fail_after_shards,
                 },
                 batch_size=1,
-                compute=ActorPoolStrategy(min_size=1, max_size=min(pool, len(todo))),
+                compute=strategy,
                 num_cpus=1,
             )
             .take_all()

@@ -161,18 +161,46 @@ def _euler_from_rotation(rot: np.ndarray) -> np.ndarray:
 
 
 # -- residuals and Jacobian, batched -------------------------------------------------------------
+@dataclass
+class _Targets:
+    """Detected landmarks with their contour segments precomputed (fixed during a fit)."""
+
+    points: np.ndarray  # (n, 2 P) point-landmark targets, row order
+    a: np.ndarray  # (n, S, M, 2) segment starts of each sliding landmark's detected contour
+    d: np.ndarray  # (n, S, M, 2) segment vectors
+    inv_dd: np.ndarray  # (n, S, M) 1 / |d|^2 (0 for degenerate segments)
+    normal: np.ndarray  # (n, S, M, 2) unit left normals
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def __getitem__(self, idx: np.ndarray) -> _Targets:
+        return _Targets(*(f[idx] for f in (self.points, self.a, self.d, self.inv_dd, self.normal)))
+
+
+def _targets(prob: _Problem, target: np.ndarray) -> _Targets:
+    n = len(target)
+    a = target[:, prob.seg_a]  # (n, S, M, 2)
+    d = target[:, prob.seg_b] - a
+    dd = np.einsum("nsmc,nsmc->nsm", d, d)
+    inv_dd = np.where(dd > 1e-12, 1.0 / np.maximum(dd, 1e-12), 0.0)
+    normal = np.stack([-d[..., 1], d[..., 0]], -1) * np.sqrt(inv_dd)[..., None]
+    return _Targets(target[:, prob.points].reshape(n, -1), a, d, inv_dd, normal)
+
+
 def _evaluate(
     prob: _Problem,
     theta: np.ndarray,
-    target: np.ndarray,
+    target: np.ndarray | _Targets,
     cams: np.ndarray,
     jacobian: bool,
     coefficients: bool = True,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Data residuals (n, rows) and, if asked, their Jacobian (n, rows, 6 [+ K]).
 
-    theta (n, 6 + K); target (n, 68, 2) detected landmarks; cams (n, 3).
+    theta (n, 6 + K); target (n, 68, 2) detected landmarks (or their `_Targets`); cams (n, 3).
     """
+    tg = target if isinstance(target, _Targets) else _targets(prob, target)
     n = len(theta)
     pose, coef = theta[:, :POSE_DIM], theta[:, POSE_DIM:]
     x = prob.mean + (coef @ prob.basis_flat.T).reshape(n, 68, 3)  # Eq. (5), model frame
@@ -184,26 +212,23 @@ def _evaluate(
     proj = f[..., None] * xy + c  # (n, 68, 2) pixels
 
     # Point landmarks: 2 rows each.
-    r_pts = (proj[:, prob.points] - target[:, prob.points]).reshape(n, -1)
-    # Sliding landmarks: signed distance to the detected polyline (Sec. III-C).
+    r_pts = proj[:, prob.points].reshape(n, -1) - tg.points
+    # Sliding landmarks: signed distance to the nearest segment of the detected polyline
+    # (Sec. III-C, point-to-curve).
     p = proj[:, prob.sliding]  # (n, S, 2)
-    a = target[:, prob.seg_a]  # (n, S, M, 2)
-    d = target[:, prob.seg_b] - a
-    dd = np.einsum("nsmc,nsmc->nsm", d, d)
-    t = np.einsum("nsmc,nsmc->nsm", p[:, :, None] - a, d) / np.maximum(dd, 1e-12)
-    t = np.clip(t, 0.0, 1.0)
-    foot = a + t[..., None] * d
-    dist2 = np.einsum("nsmc,nsmc->nsm", p[:, :, None] - foot, p[:, :, None] - foot)
-    best = np.argmin(dist2, axis=-1)[..., None, None]  # (n, S, 1, 1)
-    foot = np.take_along_axis(foot, best, 2)[:, :, 0]  # (n, S, 2)
-    dbest = np.take_along_axis(d, best, 2)[:, :, 0]
-    normal = np.stack([-dbest[..., 1], dbest[..., 0]], -1)
-    normal /= np.maximum(np.linalg.norm(normal, axis=-1, keepdims=True), 1e-12)
-    e = p - foot
-    dist = np.linalg.norm(e, axis=-1)
-    sign = np.where(np.einsum("nsc,nsc->ns", e, normal) < 0, -1.0, 1.0)
-    r_sl = sign * dist
-    residual = np.concatenate([r_pts, r_sl], 1)  # (n, rows)
+    ex = p[:, :, None, 0] - tg.a[..., 0]  # (n, S, M) offsets from each segment start
+    ey = p[:, :, None, 1] - tg.a[..., 1]
+    dx, dy = tg.d[..., 0], tg.d[..., 1]
+    t = np.clip((ex * dx + ey * dy) * tg.inv_dd, 0.0, 1.0)
+    ex -= t * dx  # offset from the foot on each segment
+    ey -= t * dy
+    dist2 = ex * ex + ey * ey
+    best = np.argmin(dist2, axis=-1)[..., None]  # (n, S, 1)
+    e = np.stack([np.take_along_axis(ex, best, 2), np.take_along_axis(ey, best, 2)], -1)[:, :, 0]
+    normal = np.take_along_axis(tg.normal, best[..., None], 2)[:, :, 0]  # (n, S, 2)
+    dist = np.sqrt(np.take_along_axis(dist2, best, 2)[..., 0])  # (n, S)
+    sign = np.where(e[..., 0] * normal[..., 0] + e[..., 1] * normal[..., 1] < 0, -1.0, 1.0)
+    residual = np.concatenate([r_pts, sign * dist], 1)  # (n, rows)
     if not jacobian:
         return residual, None
 
@@ -222,18 +247,15 @@ def _evaluate(
 
     cols = POSE_DIM + (prob.k if coefficients else 0)
     jac = np.empty((n, prob.rows, cols))
-    # Pose: d y / d angle_k = dR_k x ; d y / d t = I.
+    # Pose: d y / d angle_k = dR_k x, so the row is (g dR_k) . x; d y / d t = I.
     xr = x[:, prob.row_landmark]  # (n, rows, 3)
-    dy = np.einsum("nkab,nrb->nrka", drot, xr)  # (n, rows, 3 angles, 3)
-    jac[..., :3] = np.einsum("nra,nrka->nrk", g, dy)
+    for k in range(3):
+        jac[..., k] = np.einsum("nra,nra->nr", g @ drot[:, k], xr)
     jac[..., 3:6] = g
     if coefficients:
-        # Coefficients: d y / d f = R B_i, so row = (g R) B_i.
+        # Coefficients: d y / d f = R B_i, so the row is (g R) B_i, one (1, 3) @ (3, K) per row.
         w = g @ rot  # (n, rows, 3)
-        jc = jac[..., POSE_DIM:]
-        np.multiply(w[..., 0:1], prob.basis_rows[None, :, 0, :], out=jc)
-        jc += w[..., 1:2] * prob.basis_rows[None, :, 1, :]
-        jc += w[..., 2:3] * prob.basis_rows[None, :, 2, :]
+        jac[..., POSE_DIM:] = (w[:, :, None, :] @ prob.basis_rows[None])[:, :, 0, :]
     return residual, jac
 
 
@@ -281,6 +303,7 @@ def _lm(
     passes: int = 3,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Projected LM over a batch; returns theta, energy, converged, iterations."""
+    target = _targets(prob, target)  # the detected contours, once per fit
     n = len(theta)
     theta = theta.copy()
     p = POSE_DIM + (prob.k if coefficients else 0)
