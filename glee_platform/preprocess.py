@@ -15,6 +15,7 @@ Output (FEC):           <out>/images/part-<shard>.parquet, triplets.parquet, err
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -31,7 +32,7 @@ import pyarrow.parquet as pq
 import ray
 
 from glee.datasets.records import DATASET_AUS, au_names
-from glee.preprocessing import FacePreprocessor, PreprocessConfig, error_row
+from glee.preprocessing import FacePreprocessor, PreprocessConfig, error_row, load_morphable_model
 
 AU_DATASETS = ("bp4d", "bp4dplus", "disfa")
 DATASETS = (*AU_DATASETS, "fec")
@@ -353,23 +354,26 @@ def preprocess_dataset(
             strategy = ActorPoolStrategy(size=min(pool, len(todo)))
         else:
             strategy = ActorPoolStrategy(min_size=1, max_size=min(pool, len(todo)))
-        results = (
-            ray.data.from_items(todo, override_num_blocks=len(todo))
-            .map_batches(
-                ShardWorker,
-                fn_constructor_kwargs={
-                    "cfg": cfg.to_dict(),
-                    "root": str(root),
-                    "out": str(out),
-                    "table": table,
-                    "fail_after": _fail_after_shards,
-                },
-                batch_size=1,
-                compute=strategy,
-                num_cpus=1,
-            )
-            .take_all()
+        pipeline = ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
+            ShardWorker,
+            fn_constructor_kwargs={
+                "cfg": cfg.to_dict(),
+                "root": str(root),
+                "out": str(out),
+                "table": table,
+                "fail_after": _fail_after_shards,
+            },
+            batch_size=1,
+            compute=strategy,
+            num_cpus=1,
         )
+        try:
+            results = pipeline.take_all()
+        finally:
+            # Drop the pipeline now: its actor pool holds CPUs until the Dataset is
+            # collected, and a Train run started next in this driver would wait for them.
+            del pipeline
+            gc.collect()
         assert len(results) == len(todo), "every shard reports once"
 
     summary = _finish(dataset, out, table, shards, read_errors, triplets, cfg, root, split)
@@ -451,6 +455,7 @@ def _finish(
         "config": {**cfg.to_dict(), "root": str(root), "split": split},
         "versions": _versions(),
         "folds": dict(sorted(subject_folds.items())),
+        "expression_names": load_morphable_model(cfg.model_path).expression_names,
         "shards": sorted(s["shard"] for s in shards),
     }
     if table == "images":
