@@ -1,0 +1,388 @@
+"""Experiment configuration: typed sections, loaded from YAML, validated once at the edge.
+
+A config file is nested YAML with the sections below; every key is optional and
+defaults to the paper's setting where the paper gives one (Sec. IV-B). Command-line
+overrides use dotted keys: ``--set finetune.lr=1e-3``. `ExperimentConfig.to_flat()`
+gives the flat dict logged with every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+AU_DATASETS = ("bp4d", "bp4dplus", "disfa")
+ALL_DATASETS = (*AU_DATASETS, "fec")
+MODEL_PRESETS = ("tiny", "paper")
+INIT_CHOICES = ("pretrain", "none")
+SYNTHETIC_PRESETS = ("none", "tiny", "demo", "large")
+GPU_CHOICES = ("auto", True, False)
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the field and the allowed values."""
+
+
+@dataclass
+class DataSection:
+    root: str = ""  # base folder of raw/ and prep/; "" -> $GLEE_DATA or ./data
+    synthetic: str = "demo"  # synthetic preset written when raw data is absent; "none" = real
+    synthetic_seed: int = 0
+    raw: dict[str, str] = field(default_factory=dict)  # dataset -> raw root (real data)
+    prep: str = ""  # preprocessed Parquet folder; "" -> <root>/prep
+    landmarks: str = "provided"  # landmark backend of the preprocessing
+    dataset: str = "bp4d"  # the AU dataset to finetune on
+    max_rows: int = 0  # > 0: use at most this many rows per split (smoke runs)
+
+    def check(self) -> None:
+        _choice("data.dataset", self.dataset, AU_DATASETS)
+        _choice("data.synthetic", self.synthetic, SYNTHETIC_PRESETS)
+        _at_least("data.max_rows", self.max_rows, 0)
+        for name in self.raw:
+            _choice("data.raw key", name, ALL_DATASETS)
+
+
+@dataclass
+class ModelSection:
+    preset: str = "tiny"  # GLEEConfig.tiny / GLEEConfig.paper
+    ablation: str = "full"  # GLEEConfig.with_ablation name (Table V)
+    overrides: dict[str, Any] = field(default_factory=dict)  # GLEEConfig fields
+
+    def check(self) -> None:
+        _choice("model.preset", self.preset, MODEL_PRESETS)
+
+
+@dataclass
+class PretrainSection:
+    # Sec. IV-B: SGD momentum 0.9, lr 2e-4, batch 30, margins 0.1 / 0.2.
+    lr: float = 2e-4
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 30
+    epochs: int = 10
+    margin_one: float = 0.1  # one-class triplets
+    margin_two_three: float = 0.2  # two- and three-class triplets
+    chain_mining: bool = True  # Sec. III-E hard sample mining
+    max_triplets: int = 0  # > 0: use at most this many triplets per epoch source
+
+    def check(self) -> None:
+        _positive("pretrain.lr", self.lr)
+        _range("pretrain.momentum", self.momentum, 0.0, 1.0)
+        _at_least("pretrain.weight_decay", self.weight_decay, 0.0)
+        _at_least("pretrain.batch_size", self.batch_size, 2)
+        _at_least("pretrain.epochs", self.epochs, 1)
+        _at_least("pretrain.margin_one", self.margin_one, 0.0)
+        _at_least("pretrain.margin_two_three", self.margin_two_three, 0.0)
+        _at_least("pretrain.max_triplets", self.max_triplets, 0)
+
+
+@dataclass
+class FinetuneSection:
+    # Sec. IV-B: SGD momentum 0.9, lr 2e-3, 10 epochs.
+    lr: float = 2e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    epochs: int = 10
+    eval_every: int = 1  # evaluate every n epochs (the last epoch always)
+    folds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    init: str = "pretrain"  # "pretrain": start from the pretraining checkpoint; "none"
+    eval_dataset: str = ""  # cross-dataset: evaluate on all of this dataset
+
+    def check(self) -> None:
+        _positive("finetune.lr", self.lr)
+        _range("finetune.momentum", self.momentum, 0.0, 1.0)
+        _at_least("finetune.weight_decay", self.weight_decay, 0.0)
+        _at_least("finetune.batch_size", self.batch_size, 1)
+        _at_least("finetune.eval_batch_size", self.eval_batch_size, 1)
+        _at_least("finetune.epochs", self.epochs, 1)
+        _at_least("finetune.eval_every", self.eval_every, 1)
+        _choice("finetune.init", self.init, INIT_CHOICES)
+        if not self.folds:
+            raise ConfigError("finetune.folds is empty: list folds among 1, 2, 3")
+        for k in self.folds:
+            _choice("finetune.folds entry", k, (1, 2, 3))
+        if len(set(self.folds)) != len(self.folds):
+            raise ConfigError(f"finetune.folds={self.folds} repeats a fold: list each once")
+        if self.eval_dataset:
+            _choice("finetune.eval_dataset", self.eval_dataset, ("", *AU_DATASETS))
+
+
+@dataclass
+class ResourcesSection:
+    num_workers: int = 1
+    use_gpu: str | bool = "auto"  # auto = use GPUs when the Ray cluster has any
+    cpus_per_worker: int = 2
+    storage_path: str = ""  # "" -> $GLEE_RUNS or ./runs; a shared FS path on a cluster
+    max_failures: int = 2  # FailureConfig: restarts from the latest checkpoint
+
+    def check(self) -> None:
+        _at_least("resources.num_workers", self.num_workers, 1)
+        _choice("resources.use_gpu", self.use_gpu, GPU_CHOICES)
+        _at_least("resources.cpus_per_worker", self.cpus_per_worker, 1)
+        _at_least("resources.max_failures", self.max_failures, -1)
+
+
+@dataclass
+class FaultSection:
+    """Fault injection: worker `rank` exits at `step` of `epoch` (0-based), once."""
+
+    epoch: int = -1  # -1 = off
+    step: int = 0
+    rank: int = 0
+
+    def check(self) -> None:
+        _at_least("fault.epoch", self.epoch, -1)
+        _at_least("fault.step", self.step, 0)
+        _at_least("fault.rank", self.rank, 0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.epoch >= 0
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "demo"
+    seed: int = 0
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    pretrain: PretrainSection = field(default_factory=PretrainSection)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    resources: ResourcesSection = field(default_factory=ResourcesSection)
+    fault: FaultSection = field(default_factory=FaultSection)
+
+    def check(self) -> ExperimentConfig:
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ConfigError(
+                f"name={self.name!r} is not a folder name: use letters, digits, '-' or '_'"
+            )
+        for section in (
+            self.data,
+            self.model,
+            self.pretrain,
+            self.finetune,
+            self.resources,
+            self.fault,
+        ):
+            section.check()
+        if self.fault.enabled and self.fault.rank >= self.resources.num_workers:
+            raise ConfigError(
+                f"fault.rank={self.fault.rank} but resources.num_workers="
+                f"{self.resources.num_workers}: pick a rank below the number of workers"
+            )
+        return self
+
+    # --- paths -------------------------------------------------------------------------
+
+    @property
+    def data_root(self) -> Path:
+        return Path(self.data.root or os.environ.get("GLEE_DATA", "data")).expanduser().resolve()
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.data_root / "raw"
+
+    @property
+    def prep_dir(self) -> Path:
+        if self.data.prep:
+            return Path(self.data.prep).expanduser().resolve()
+        return self.data_root / "prep"
+
+    @property
+    def storage_path(self) -> str:
+        """Where Train runs go: a local or shared-filesystem folder, made absolute."""
+        path = self.resources.storage_path or os.environ.get("GLEE_RUNS", "runs")
+        if "://" in path:
+            raise ConfigError(
+                f"resources.storage_path={path!r}: use a local or shared-filesystem path "
+                "(every node mounts it), not a URI"
+            )
+        return str(Path(path).expanduser().resolve())
+
+    @property
+    def run_dir(self) -> Path:
+        """`<storage>/<name>/`: holds pretrain/, fold1..3/, results, config, metrics."""
+        return Path(self.storage_path) / self.name
+
+    # --- serialisation -----------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_flat(self) -> dict[str, Any]:
+        """One level, dotted keys: `{"finetune.lr": 0.002, ...}` (nested dicts kept as JSON)."""
+        flat: dict[str, Any] = {}
+        for key, value in self.to_dict().items():
+            if isinstance(value, dict) and key in _SECTIONS:
+                for sub, v in value.items():
+                    flat[f"{key}.{sub}"] = json.dumps(v) if isinstance(v, dict | list) else v
+            else:
+                flat[key] = value
+        return flat
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def hash(self, *sections: str) -> str:
+        """Short stable hash of the named sections (all if none), for reusing finished runs."""
+        d = self.to_dict()
+        keys = sections or tuple(d)
+        text = json.dumps({k: d[k] for k in keys}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ExperimentConfig:
+        return _build(cls, d, "").check()
+
+
+_SECTIONS = ("data", "model", "pretrain", "finetune", "resources", "fault")
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Sequence[str] = (), **sections: Any
+) -> ExperimentConfig:
+    """The config of a YAML preset (defaults if None), then `a.b=value` overrides.
+
+    A name without a folder or suffix is looked up in the shipped `configs/` folder
+    (`load_config("demo")`).
+    """
+    d: dict[str, Any] = {}
+    if path is not None:
+        file = resolve_preset(path)
+        try:
+            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config {file} is not valid YAML: {err}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config {file} must hold a mapping of sections, not {loaded!r}")
+        d = loaded or {}
+    for key, value in sections.items():
+        _set_dotted(d, key, value)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. finetune.lr=1e-3)")
+        _set_dotted(d, key.strip(), yaml.safe_load(text) if text.strip() else "")
+    return ExperimentConfig.from_dict(d)
+
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def resolve_preset(path: str | Path) -> Path:
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    shipped = CONFIGS_DIR / f"{path}.yaml"
+    if p.suffix == "" and shipped.is_file():
+        return shipped
+    names = sorted(f.stem for f in CONFIGS_DIR.glob("*.yaml"))
+    raise ConfigError(
+        f"config {str(path)!r} not found: give a YAML file path or a preset name ({', '.join(names)})"
+    )
+
+
+def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = d
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, d: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {d!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in d.items():
+        if key not in names:
+            raise ConfigError(
+                f"unknown config key {prefix}{key}: allowed keys are {', '.join(names)}"
+            )
+        kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, name: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value or {}, f"{name}.")
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        for option in options:
+            try:
+                return _coerce(option, value, name)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{name}={value!r} has the wrong type: expected {tp}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{name}={value!r} must be a list")
+        (item,) = typing.get_args(tp)
+        return [_coerce(item, v, f"{name}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}={value!r} must be a mapping")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}={value!r} must be true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}={value!r} must be an integer")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 2e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{name}={value!r} must be a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{name}={value!r} must be a string")
+    if tp is Any:
+        return value
+    raise ConfigError(f"{name}: unsupported type {tp}")
+
+
+def _choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
+    if not any(type(value) is type(a) and value == a for a in allowed):
+        shown = ", ".join(repr(a) if isinstance(a, str) else str(a).lower() for a in allowed)
+        raise ConfigError(f"{name}={value!r} is not allowed: choose one of {shown}")
+
+
+def _at_least(name: str, value: float, low: float) -> None:
+    if value < low:
+        raise ConfigError(f"{name}={value!r} is too small: it must be >= {low}")
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{name}={value!r} must be > 0")
+
+
+def _range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value < high:
+        raise ConfigError(f"{name}={value!r} is out of range: it must be in [{low}, {high})")

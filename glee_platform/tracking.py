@@ -1,0 +1,122 @@
+"""Run tracking: TensorBoard events from rank 0, metrics.csv, results tables, config dump.
+
+Run folder (`<storage>/<experiment name>/`):
+
+    config.yaml            the full experiment config (flat copy in config_flat.json)
+    metrics.csv            one row per (run, epoch): pretrain, fold1, fold2, ... of this run
+    results.md, results.csv  per-fold per-AU F1 and the mean over folds
+    tensorboard/<run>/     TensorBoard events (losses, learning rate, per-AU F1)
+    pretrain/, fold1/ ...  Ray Train runs: checkpoint_*/ folders, metrics.csv, done.json
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write `text` to `path` through a temporary file and os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: Path, obj: Any) -> Path:
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def metrics_csv_text(rows: Iterable[Mapping[str, Any]]) -> str:
+    """CSV of metric rows; the header is the union of keys in first-seen order."""
+    rows = list(rows)
+    header: list[str] = []
+    for row in rows:
+        header += [k for k in row if k not in header]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=header, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def write_metrics_csv(path: Path, rows: Iterable[Mapping[str, Any]]) -> Path:
+    return write_text_atomic(path, metrics_csv_text(rows))
+
+
+def read_metrics_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _cell(v: Any) -> Any:
+    return f"{v:.6g}" if isinstance(v, float) else v
+
+
+class EpochLogger:
+    """Rank-0 tracking inside a Train worker: TensorBoard scalars + the run's metrics.csv.
+
+    `history` holds one dict per finished epoch; it travels in the checkpoint, so after a
+    restart the csv and TensorBoard (purged past the resume step) hold each epoch once.
+    """
+
+    def __init__(
+        self,
+        tb_dir: str | None,
+        csv_path: str | None,
+        history: list[dict[str, Any]],
+        purge_step: int,
+        enabled: bool,
+    ) -> None:
+        self.history = history
+        self.csv_path = Path(csv_path) if csv_path else None
+        self.enabled = enabled
+        self.writer = None
+        if enabled and tb_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=tb_dir, purge_step=purge_step or None)
+
+    def step(self, tag: str, value: float, global_step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, global_step)
+
+    def epoch(self, metrics: Mapping[str, Any], global_step: int) -> None:
+        """Record one finished epoch (history, csv, TensorBoard)."""
+        self.history.append(dict(metrics))
+        if not self.enabled:
+            return
+        if self.writer is not None:
+            for key, value in metrics.items():
+                if key != "epoch" and isinstance(value, int | float):
+                    self.writer.add_scalar(_tb_tag(key), value, global_step)
+            self.writer.flush()
+        if self.csv_path is not None:
+            write_metrics_csv(self.csv_path, self.history)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _tb_tag(key: str) -> str:
+    """metrics keys -> TensorBoard groups: val_f1_AU1 -> f1/AU1, train_loss -> loss/train."""
+    if key.startswith("val_f1_"):
+        return f"f1/{key[len('val_f1_') :]}"
+    if key.endswith("_loss"):
+        return f"loss/{key[: -len('_loss')]}"
+    return key.replace("_", "/", 1) if key.startswith(("val_", "train_")) else key
