@@ -4,14 +4,14 @@ table in the paper's format (AUs as columns, Avg last, percent with one decimal)
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+
+from glee.files import write_text_atomic
 
 
 class F1Accumulator:
@@ -161,16 +161,7 @@ def write_f1_table(df: pd.DataFrame, path: str | Path) -> Path:
         text = df.to_csv(float_format="%.1f")
     else:
         raise ValueError(f"table path must end in .md or .csv, got {path.name!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, text)
 
 
 __all__ = [

@@ -41,11 +41,11 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from glee.files import write_text_atomic
 from glee.model.config import CLASSIFIERS
 from glee_platform import data as gdata
 from glee_platform.config import ConfigError, ExperimentConfig, load_config, resolve_preset
 from glee_platform.demo import ensure_preprocessed, needed_datasets
-from glee_platform.tracking import write_text_atomic
 from glee_platform.train import (
     FinetuneResult,
     RunResult,
