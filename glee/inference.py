@@ -1,0 +1,148 @@
+"""Inference with a finetuned GLEE-Net: load a checkpoint's weights, run aligned faces
+through the network, keep the per-AU probabilities and, on request, the branch outputs
+(G_exp, L_exp, E_exp) that the t-SNE and Ave-Var figures need (Fig. 2, 5, 6).
+
+Faces are the 200x200 aligned crops of the preprocessing; evaluation takes the centre
+176x176 crop (Sec. IV-B), exactly as the training loop's validation does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from glee.model.glee_net import GLEENet, facenet_normalise
+
+STATE_FILE = "state.pt"  # the file a Ray Train checkpoint folder holds (glee_platform.train)
+THRESHOLD = 0.5  # Sec. IV-A: an AU is present if p > 0.5
+
+
+def load_model_weights(net: GLEENet, checkpoint: str | os.PathLike) -> GLEENet:
+    """Load a training checkpoint (its folder or its state.pt) into `net`, in eval mode."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no checkpoint file {path}: point at a checkpoint_epochNNNN folder"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    weights = state["model"] if isinstance(state, dict) and "model" in state else state
+    result = net.load_state_dict(weights, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        bad = (result.missing_keys or result.unexpected_keys)[:3]
+        raise ValueError(
+            f"checkpoint {path} does not fit this model (e.g. {', '.join(bad)}): build the "
+            "model from the config of the run that wrote it"
+        )
+    return net.eval()
+
+
+def center_crop_tensor(faces: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+    """Sec. IV-B evaluation crop: uint8 (B, H, W, 3) -> float (B, 3, size, size) in [0, 1]."""
+    imgs = torch.as_tensor(np.asarray(faces) if not torch.is_tensor(faces) else faces)
+    if imgs.dim() != 4 or imgs.shape[3] != 3:
+        raise ValueError(f"faces must be (B, H, W, 3) uint8 RGB, got {tuple(imgs.shape)}")
+    h, w = imgs.shape[1], imgs.shape[2]
+    if h < size or w < size:
+        raise ValueError(f"faces of {h}x{w} pixels are smaller than the {size}x{size} crop")
+    oy, ox = (h - size) // 2, (w - size) // 2
+    x = imgs[:, oy : oy + size, ox : ox + size]  # (B, size, size, 3)
+    return x.permute(0, 3, 1, 2).float().contiguous() / 255.0
+
+
+def decode_faces(encoded: list[bytes]) -> np.ndarray:
+    """PNG/JPEG bytes of aligned faces -> (B, H, W, 3) uint8 RGB (as the training data is)."""
+    import cv2
+
+    faces = []
+    for i, data in enumerate(encoded):
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f"aligned face {i} of the batch does not decode as PNG or JPEG")
+        faces.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    return np.stack(faces)
+
+
+@dataclass
+class Outputs:
+    """Per-face results of one batch (numpy, float32 unless noted)."""
+
+    logits: np.ndarray  # (B, n_au) final predictions before the sigmoid
+    e_exp: np.ndarray | None = None  # (B, embed_dim) L2-normalised (None: w/o GB&LB)
+    g_exp: np.ndarray | None = None  # (B, embed_dim) global branch (None: w/o GB)
+    l_exp: np.ndarray | None = None  # (B, embed_dim) local branch (None: w/o LB)
+
+    @property
+    def probs(self) -> np.ndarray:
+        """(B, n_au) float64 probabilities (sigmoid in float64, as F1Accumulator does)."""
+        return torch.sigmoid(torch.as_tensor(self.logits, dtype=torch.float64)).numpy()
+
+    @property
+    def occurrences(self) -> np.ndarray:
+        """(B, n_au) int8: 1 where p > 0.5."""
+        return (self.probs > THRESHOLD).astype(np.int8)
+
+    @staticmethod
+    def concat(parts: list[Outputs]) -> Outputs:
+        def cat(name: str) -> np.ndarray | None:
+            vals = [getattr(p, name) for p in parts]
+            return None if any(v is None for v in vals) else np.concatenate(vals)
+
+        if not parts:
+            raise ValueError("no outputs to concatenate")
+        return Outputs(cat("logits"), cat("e_exp"), cat("g_exp"), cat("l_exp"))
+
+
+@torch.no_grad()
+def infer(
+    net: GLEENet,
+    faces: np.ndarray | torch.Tensor,
+    f_exp: np.ndarray | torch.Tensor,
+    *,
+    device: str | torch.device = "cpu",
+) -> Outputs:
+    """Aligned faces (B, 200, 200, 3) uint8 and 3DMM coefficients (B, expr_dim) -> Outputs.
+
+    The same computation as `GLEENet.forward` in eval mode, split so the branch outputs can
+    be kept: E_exp = normalise(G_exp + L_exp) (Sec. III-B), then the head over
+    concat(E_exp, f_exp) (Sec. III-D).
+    """
+    net.eval()
+    cfg = net.cfg
+    x = center_crop_tensor(faces, cfg.input_size).to(device)
+    f = torch.as_tensor(np.asarray(f_exp, np.float32)).to(device)
+    out: dict[str, torch.Tensor] = {}
+    e_exp = None
+    if cfg.has_embedding:
+        xn = facenet_normalise(x)
+        total = 0.0
+        if net.global_branch is not None:
+            out["g_exp"] = net.global_branch(xn)
+            total = total + out["g_exp"]
+        if net.local_branch is not None:
+            out["l_exp"] = net.local_branch(xn)
+            total = total + out["l_exp"]
+        e_exp = F.normalize(total, p=2, dim=1)
+        out["e_exp"] = e_exp
+    _, final = net.forward_head(e_exp, f if cfg.use_3d else None)
+    return Outputs(
+        logits=final.float().cpu().numpy(),
+        **{k: v.float().cpu().numpy() for k, v in out.items()},
+    )
+
+
+__all__ = [
+    "STATE_FILE",
+    "THRESHOLD",
+    "Outputs",
+    "center_crop_tensor",
+    "decode_faces",
+    "infer",
+    "load_model_weights",
+]
