@@ -1,0 +1,236 @@
+"""Batch AU prediction on Ray Data: images, folders and videos in, OpenFace-style CSVs out.
+
+The driver lists every frame of every input (`glee.prediction.list_frames`), cuts them into
+chunks of consecutive frames of one input, and streams the chunks through an actor pool
+(`ActorPoolStrategy`: each actor loads the detector, landmarks, morphable model and the
+finetuned GLEE-Net once). Rows come back as they finish (a progress bar counts frames) and
+each input's CSV is written, atomically, once all its frames are in.
+
+Output in `out`: `<input stem>.csv` per input (frame, face_id, timestamp, confidence,
+success, AUxx_c, AUxx_p; one row per frame, success 0 where no face was found) and
+`errors.csv` (input, frame, image, stage, reason) for every frame with success 0.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from glee.datasets.records import DATASET_AUS, au_names
+from glee.files import write_text_atomic
+from glee.prediction import (
+    LANDMARK_SOURCES,
+    Frame,
+    FramePredictor,
+    PredictInputError,
+    csv_columns,
+    list_frames,
+)
+from glee_platform.evaluate import fold_checkpoint, load_run_config
+
+ERROR_COLUMNS = ["input", "frame", "image", "stage", "reason"]
+
+
+@dataclass
+class PredictSummary:
+    out: Path
+    csvs: dict[str, Path]  # input -> its CSV
+    frames: int
+    faces: int  # frames with success 1
+    landmarks: str
+    seconds: float
+    errors: Path = field(default_factory=Path)
+
+    def line(self) -> str:
+        return (
+            f"{self.frames} frames of {len(self.csvs)} input(s): {self.faces} with a face, "
+            f"{self.frames - self.faces} without (see {self.errors}); CSVs in {self.out}"
+        )
+
+
+def fan_weights_present() -> bool:
+    import torch
+
+    from glee.face.landmarks import fan_weight_files
+
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    return all((folder / f).is_file() for f in fan_weight_files())
+
+
+def resolve_landmarks(landmarks: str) -> str:
+    """'auto' -> 'fan' when its weights are on disk, else 'mtcnn5' (said once, on stdout)."""
+    if landmarks == "auto":
+        if fan_weights_present():
+            return "fan"
+        print(
+            "[glee] FAN landmark weights not found: using MTCNN's five points (mtcnn5); "
+            "f_exp then carries no expression. Put 2DFAN4 weights in "
+            "$TORCH_HOME/hub/checkpoints for full predictions."
+        )
+        return "mtcnn5"
+    if landmarks not in LANDMARK_SOURCES:
+        raise PredictInputError(
+            f"landmarks must be auto or one of {', '.join(LANDMARK_SOURCES)}, got {landmarks!r}"
+        )
+    return landmarks
+
+
+def model_from_run(
+    run_dir: str | os.PathLike, fold: int = 1, checkpoint: str | os.PathLike | None = None
+) -> tuple[dict[str, Any], str, list[str]]:
+    """(GLEEConfig dict, checkpoint folder, AU names) of fold `fold` of a finetune run."""
+    from glee_platform.train import model_config
+
+    cfg = load_run_config(run_dir)
+    names = au_names(DATASET_AUS[cfg.data.dataset])
+    ckpt = Path(checkpoint) if checkpoint else fold_checkpoint(run_dir, fold)
+    return model_config(cfg, len(names)).to_dict(), str(ckpt), names
+
+
+class PredictWorker:
+    """One per actor: a FramePredictor, loaded once; each row of a batch is one chunk."""
+
+    def __init__(self, predictor: dict[str, Any], threads: int = 1) -> None:
+        import cv2
+        import torch
+
+        cv2.setNumThreads(1)
+        torch.set_num_threads(max(1, int(threads)))
+        self.predictor = FramePredictor(**predictor)
+
+    def __call__(self, batch: dict) -> dict:
+        rows, errors = [], []
+        for chunk in batch["frames"]:
+            frames = [Frame(**f) for f in json.loads(chunk)]
+            r, e = self.predictor.predict(frames)
+            for frame, row in zip(frames, r):
+                row["_input"] = frame.input
+            rows.append(json.dumps(r))
+            errors.append(json.dumps(e))
+        return {"rows": rows, "errors": errors}
+
+
+def _chunks(frames: list[Frame], size: int) -> list[dict[str, str]]:
+    return [
+        {"frames": json.dumps([asdict(f) for f in frames[i : i + size]])}
+        for i in range(0, len(frames), size)
+    ]
+
+
+def predict_files(
+    inputs: list[str | os.PathLike],
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    fold: int = 1,
+    checkpoint: str | os.PathLike | None = None,
+    landmarks: str = "auto",
+    landmarks_file: str | os.PathLike | None = None,
+    chunk_frames: int = 32,
+    num_actors: int | None = None,
+    cpus_per_actor: int = 1,
+    progress: bool = True,
+) -> PredictSummary:
+    """Predict AUs for every frame of `inputs` with fold `fold`'s model of `run_dir`."""
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+    from tqdm import tqdm
+
+    from glee_platform.train import ensure_ray
+
+    t0 = time.perf_counter()
+    if not inputs:
+        raise PredictInputError("no input given: name image files, folders or videos")
+    if chunk_frames < 1:
+        raise PredictInputError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    source = resolve_landmarks(landmarks)
+    if source == "provided" and not landmarks_file:
+        raise PredictInputError(
+            "--landmarks provided needs --landmarks-file (a table: subject, task, frame, "
+            "x0..x67, y0..y67; subject = the input's stem, task empty, frame 1-based)"
+        )
+    per_input: dict[str, list[Frame]] = {}
+    stems: dict[str, str] = {}
+    for item in inputs:
+        frames = list_frames(item)
+        key = frames[0].input
+        stem = frames[0].subject
+        if stem in stems and stems[stem] != key:
+            raise PredictInputError(
+                f"inputs {stems[stem]} and {key} would both write {stem}.csv: rename one"
+            )
+        stems[stem] = key
+        per_input[key] = frames
+    model, ckpt, names = model_from_run(run_dir, fold, checkpoint)
+    total = sum(len(f) for f in per_input.values())
+    chunks = [c for frames in per_input.values() for c in _chunks(frames, chunk_frames)]
+
+    ensure_ray()
+    predictor = {
+        "model": model,
+        "checkpoint": ckpt,
+        "au_names": names,
+        "landmarks": source,
+        "landmarks_file": str(landmarks_file) if landmarks_file else None,
+    }
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, cpus_per_actor))
+    size = max(1, min(num_actors or cpus, len(chunks)))
+    DataContext.get_current().enable_progress_bars = False  # our bar counts frames
+    pipeline = ray.data.from_items(chunks, override_num_blocks=len(chunks)).map_batches(
+        PredictWorker,
+        fn_constructor_kwargs={"predictor": predictor, "threads": cpus_per_actor},
+        batch_size=1,
+        compute=ActorPoolStrategy(min_size=1, max_size=size),
+        num_cpus=cpus_per_actor,
+    )
+    rows: dict[str, list[dict]] = defaultdict(list)
+    errors: list[dict] = []
+    try:
+        with tqdm(total=total, unit="frame", desc="predict", disable=not progress) as bar:
+            for batch in pipeline.iter_batches(batch_size=1, batch_format="pandas"):
+                for r_json, e_json in zip(batch["rows"], batch["errors"]):
+                    chunk_rows = json.loads(r_json)
+                    for r in chunk_rows:
+                        rows[r.pop("_input")].append(r)
+                    errors.extend(json.loads(e_json))
+                    bar.update(len(chunk_rows))
+    finally:
+        del pipeline  # release the actor pool's CPUs now (see glee_platform.preprocess)
+        gc.collect()
+
+    out_dir = Path(out).expanduser().resolve()
+    columns = csv_columns(names)
+    csvs: dict[str, Path] = {}
+    faces = 0
+    for key, frames in per_input.items():
+        got = sorted(rows.get(key, []), key=lambda r: r["frame"])
+        if [r["frame"] for r in got] != [f.frame for f in frames]:
+            raise RuntimeError(f"{key}: {len(got)} rows came back for {len(frames)} frames")
+        df = pd.DataFrame(got, columns=columns)
+        faces += int(df["success"].sum())
+        csvs[key] = write_text_atomic(
+            out_dir / f"{frames[0].subject}.csv", df.to_csv(index=False, float_format="%.6g")
+        )
+    err_path = write_text_atomic(
+        out_dir / "errors.csv",
+        pd.DataFrame(errors, columns=ERROR_COLUMNS).to_csv(index=False),
+    )
+    return PredictSummary(out_dir, csvs, total, faces, source, time.perf_counter() - t0, err_path)
+
+
+__all__ = [
+    "PredictSummary",
+    "PredictWorker",
+    "fan_weights_present",
+    "model_from_run",
+    "predict_files",
+    "resolve_landmarks",
+]

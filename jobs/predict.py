@@ -1,0 +1,68 @@
+"""Predict AUs per frame for images, folders of images and videos (OpenFace-style CSVs).
+
+python jobs/predict.py photo.jpg clips/ interview.mp4 --run runs/demo --out predictions/
+python jobs/predict.py LeftVideoSN001_comp.avi --run runs/paper-disfa --fold 2 --landmarks fan
+ray job submit --working-dir . -- python jobs/predict.py /mnt/shared/videos --run ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from glee.datasets.errors import DatasetError
+from glee_platform.config import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("inputs", nargs="+", help="image files, folders of images, videos")
+    parser.add_argument("--run", required=True, help="finetune run folder (runs/<name>)")
+    parser.add_argument("--fold", type=int, default=1, help="whose fold's model (default 1)")
+    parser.add_argument("--checkpoint", default="", help="a checkpoint folder of that run")
+    parser.add_argument("--out", default="predictions", help="output folder")
+    parser.add_argument(
+        "--landmarks",
+        default="auto",
+        choices=["auto", "fan", "mtcnn5", "provided"],
+        help="auto: fan when its weights are on disk, else mtcnn5",
+    )
+    parser.add_argument(
+        "--landmarks-file",
+        default="",
+        help="for --landmarks provided: subject (input stem), task (empty), frame (1-based), "
+        "x0..x67, y0..y67",
+    )
+    parser.add_argument("--chunk-frames", type=int, default=32, help="frames per Ray task")
+    parser.add_argument("--num-actors", type=int, default=None, help="default: one per CPU")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        from glee.prediction import PredictInputError
+        from glee_platform.evaluate import EvaluationError
+        from glee_platform.predict import predict_files
+
+        try:
+            summary = predict_files(
+                args.inputs,
+                args.run,
+                args.out,
+                fold=args.fold,
+                checkpoint=args.checkpoint or None,
+                landmarks=args.landmarks,
+                landmarks_file=args.landmarks_file or None,
+                chunk_frames=args.chunk_frames,
+                num_actors=args.num_actors,
+                progress=not args.no_progress,
+            )
+        except (EvaluationError, PredictInputError, FileNotFoundError) as err:
+            raise ConfigError(str(err).splitlines()[0]) from None
+    except (ConfigError, DatasetError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(summary.line())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
