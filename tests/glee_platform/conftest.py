@@ -20,21 +20,29 @@ TOY_AUS = ["AU1", "AU2", "AU4"]
 TOY_SQUARES = [(40, 40), (110, 40), (75, 110)]
 
 
+def start_local_ray() -> None:
+    """The test session's Ray: two CPUs on this machine, no dashboard, quiet driver."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+@pytest.fixture(scope="session")
+def local_ray_starter():
+    """`start_local_ray` for fixtures that must stop the session's Ray and start it again."""
+    return start_local_ray
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     import ray
 
     started = False
     if not ray.is_initialized():
-        ray.init(
-            num_cpus=2,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
+        start_local_ray()
         started = True
     yield ray
-    if started:
+    if started and ray.is_initialized():
         ray.shutdown()
 
 
