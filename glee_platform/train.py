@@ -6,6 +6,11 @@ The two per-worker loops, `pretrain_loop` and `finetune_loop`, read everything f
 attaches the checkpoint: model + optimiser + epoch + metric history). Validation counts
 are all-reduced across ranks, so every reported metric covers the whole evaluation set.
 
+Resuming after a failure takes the newest complete checkpoint in the run folder, not only
+the one Ray Train's controller registered: the controller collects reports when it polls
+the workers (every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s), so a worker that dies just
+after `report` has uploaded its checkpoint would otherwise restart from the one before.
+
 The driver functions `run_pretrain`, `run_finetune_fold` and `run_finetune` build the Ray
 Datasets, start a `TorchTrainer` with an explicit storage path and a `FailureConfig`, and
 reuse a finished run whose config hash matches (`done.json` in the run folder).
@@ -13,12 +18,15 @@ reuse a finished run whose config hash matches (`done.json` in the run folder).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +51,7 @@ from glee_platform.tracking import (
 
 STATE_FILE = "state.pt"
 DONE_FILE = "done.json"
+CHECKPOINT_PREFIX = "checkpoint_epoch"  # checkpoint_epoch0003: the state after epoch 3
 BRANCH_PREFIXES = ("global_branch.", "local_branch.")  # what pretraining trains (Sec. III-E)
 
 
@@ -60,18 +69,50 @@ def _worker_setup(config: dict[str, Any]) -> tuple[int, int, torch.device]:
     return rank, world, ray.train.torch.get_device()
 
 
-def _resume(net: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, int, list[dict]]:
-    """(start epoch, global step, history) from Ray Train's latest checkpoint, if any."""
+def checkpoint_epoch(path: str | Path) -> int:
+    """The epoch a `checkpoint_epochNNNN` folder holds; -1 for another name."""
+    name = Path(path).name
+    digits = name[len(CHECKPOINT_PREFIX) :]
+    return int(digits) if name.startswith(CHECKPOINT_PREFIX) and digits.isdigit() else -1
+
+
+def checkpoints_newest_first(train_dir: str | Path, registered: str | Path | None = None):
+    """The complete checkpoints of a Train run folder, newest epoch first, plus `registered`
+    (Ray Train's latest). A checkpoint whose upload was cut short has a truncated
+    state.pt, which is not a readable zip archive, and is left out."""
+    found = set()
+    root = Path(train_dir)
+    if root.is_dir():
+        found = {
+            p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if zipfile.is_zipfile(p / STATE_FILE)
+        }
+    if registered is not None:
+        found.add(Path(registered))
+    return sorted(found, key=checkpoint_epoch, reverse=True)
+
+
+def _resume(
+    net: nn.Module, optimizer: torch.optim.Optimizer, config: dict[str, Any], rank: int
+) -> tuple[int, int, list[dict]]:
+    """(start epoch, global step, history) from the newest checkpoint of this run, if any:
+    Ray Train's latest registered one, or a newer one its controller had not collected
+    when the worker that reported it died (see the module docstring)."""
     import ray.train
 
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return 0, 0, []
-    with checkpoint.as_directory() as d:
-        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-    net.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    return int(state["epoch"]) + 1, int(state["global_step"]), list(state["history"])
+    registered = ray.train.get_checkpoint()
+    context = registered.as_directory() if registered else contextlib.nullcontext(None)
+    with context as reg_dir:
+        for path in checkpoints_newest_first(config["checkpoint_root"], reg_dir):
+            try:
+                state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+            except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
+                continue  # unreadable: fall back to the one before
+            if rank == 0 and (reg_dir is None or Path(reg_dir) != path):
+                print(f"[glee] resuming from {path.name}, which Ray Train had not registered")
+            net.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            return int(state["epoch"]) + 1, int(state["global_step"]), list(state["history"])
+    return 0, 0, []
 
 
 def _report(
@@ -103,7 +144,7 @@ def _report(
         ray.train.report(
             metrics,
             checkpoint=ray.train.Checkpoint.from_directory(d),
-            checkpoint_dir_name=f"checkpoint_epoch{epoch:04d}",
+            checkpoint_dir_name=f"{CHECKPOINT_PREFIX}{epoch:04d}",
         )
 
 
@@ -167,7 +208,7 @@ def pretrain_loop(config: dict[str, Any]) -> None:
     rank, world, device = _worker_setup(config)
     net = build_glee_net(GLEEConfig.from_dict(config["model"]))
     optimizer = _sgd(net.branch_parameters(), config)
-    start_epoch, global_step, history = _resume(net, optimizer)
+    start_epoch, global_step, history = _resume(net, optimizer, config, rank)
     logger = EpochLogger(config["tb_dir"], config["csv_path"], history, global_step, rank == 0)
     model = ray.train.torch.prepare_model(
         _Embedder(net), parallel_strategy_kwargs={"find_unused_parameters": True}
@@ -277,7 +318,7 @@ def finetune_loop(config: dict[str, Any]) -> None:
     if config.get("init_checkpoint"):
         load_pretrained_branches(net, config["init_checkpoint"])
     optimizer = _sgd([p for p in net.parameters() if p.requires_grad], config)
-    start_epoch, global_step, history = _resume(net, optimizer)
+    start_epoch, global_step, history = _resume(net, optimizer, config, rank)
     logger = EpochLogger(config["tb_dir"], config["csv_path"], history, global_step, rank == 0)
     model = ray.train.torch.prepare_model(
         net, parallel_strategy_kwargs={"find_unused_parameters": True}
@@ -462,6 +503,7 @@ def _train_config(cfg: ExperimentConfig, run: str, gcfg: GLEEConfig) -> dict[str
         "threads": cfg.resources.cpus_per_worker,
         "tb_dir": str(cfg.run_dir / "tensorboard" / run),
         "csv_path": str(cfg.run_dir / run / "metrics.csv"),
+        "checkpoint_root": str(cfg.run_dir / run),
         "fault": fault,
         "prep": str(cfg.prep_dir),
     }
@@ -524,7 +566,13 @@ def _fit(
     t0 = time.perf_counter()
     result = trainer.fit()
     seconds = time.perf_counter() - t0
-    checkpoint = Path(result.checkpoint.path)
+    # The newest complete checkpoint: a last one uploaded by a worker that then died is
+    # newer than Ray's registered one (see the module docstring).
+    registered = result.checkpoint.path if result.checkpoint is not None else None
+    found = checkpoints_newest_first(cfg.run_dir / run, registered)
+    if not found:
+        raise RuntimeError(f"Train run {run} finished without a checkpoint in {cfg.run_dir}")
+    checkpoint = found[0]
     state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)
     history = list(state["history"])
     write_json_atomic(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from glee_platform import train
 from glee_platform.config import load_config
@@ -11,10 +12,6 @@ from glee_platform.tracking import read_metrics_csv
 
 @pytest.mark.ray
 @pytest.mark.slow
-@pytest.mark.skip(
-    reason="issue 5 open: the kill comes <1 s after epoch 0's report and Train V2's controller "
-    "polls workers every 2 s, so the restarted attempt finds no checkpoint and starts at 0"
-)
 def test_worker_killed_mid_epoch_resumes_from_the_last_checkpoint(ray_session, toy_prep, tmp_path):
     cfg = load_config(
         "smoke",
@@ -46,3 +43,18 @@ def test_worker_killed_mid_epoch_resumes_from_the_last_checkpoint(ray_session, t
     assert [r["epoch"] for r in rows] == ["0", "1", "2"]
     top = read_metrics_csv(cfg.run_dir / "metrics.csv")
     assert [(r["run"], r["epoch"]) for r in top] == [("fold3", "0"), ("fold3", "1"), ("fold3", "2")]
+
+
+def test_resume_takes_the_newest_complete_checkpoint_of_the_folder(tmp_path):
+    for epoch in (0, 1, 2):
+        d = tmp_path / f"{train.CHECKPOINT_PREFIX}{epoch:04d}"
+        d.mkdir()
+        torch.save({"epoch": epoch, "weights": torch.zeros(1000)}, d / train.STATE_FILE)
+    # epoch 2's upload was cut short by the failure; epoch 1 was never registered
+    whole = (tmp_path / "checkpoint_epoch0002" / train.STATE_FILE).read_bytes()
+    (tmp_path / "checkpoint_epoch0002" / train.STATE_FILE).write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "checkpoint_epoch0003").mkdir()  # created, nothing uploaded yet
+    registered = tmp_path / "checkpoint_epoch0000"
+    found = train.checkpoints_newest_first(tmp_path, registered)
+    assert [p.name for p in found] == ["checkpoint_epoch0001", "checkpoint_epoch0000"]
+    assert train.checkpoints_newest_first(tmp_path / "absent") == []
