@@ -174,10 +174,28 @@ def _my_batches(batches):
             yield batch
 
 
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def _all_reduce(t: torch.Tensor) -> torch.Tensor:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if _distributed():
         torch.distributed.all_reduce(t)
     return t
+
+
+def _sync_buffers(module: nn.Module) -> None:
+    """Rank 0's buffers (batch-norm running statistics) on every rank before evaluation.
+
+    Evaluation runs on the module without its DDP wrapper: ranks evaluate different numbers
+    of batches (`_my_batches`), and a DDP forward broadcasts buffers, a collective that
+    every rank must join, so uneven forwards through DDP hang. Each rank's running
+    statistics drift from rank 0's during training; this makes every rank evaluate the
+    model that rank 0 checkpoints.
+    """
+    if _distributed():
+        for buf in module.buffers():
+            torch.distributed.broadcast(buf, src=0)
 
 
 class _Embedder(nn.Module):
@@ -210,8 +228,9 @@ def pretrain_loop(config: dict[str, Any]) -> None:
     optimizer = _sgd(net.branch_parameters(), config)
     start_epoch, global_step, history = _resume(net, optimizer, config, rank)
     logger = EpochLogger(config["tb_dir"], config["csv_path"], history, global_step, rank == 0)
-    model = ray.train.torch.prepare_model(
-        _Embedder(net), parallel_strategy_kwargs={"find_unused_parameters": True}
+    embedder = _Embedder(net)
+    model = ray.train.torch.prepare_model(  # DDP for training; `embedder` (same weights) for eval
+        embedder, parallel_strategy_kwargs={"find_unused_parameters": True}
     )
     store = gdata.FaceImageStore(Path(config["prep"]))
     generator = torch.Generator().manual_seed(int(config["seed"]) * 7919 + rank)
@@ -226,9 +245,10 @@ def pretrain_loop(config: dict[str, Any]) -> None:
             x, _, _ = gdata.random_crop_flip(
                 images, landmarks, torch.zeros(len(ids), 1), generator=generator
             )
+            e = model(x.to(device))  # (3B, 16)
         else:
             x, _ = gdata.center_crop(images, landmarks)
-        e = model(x.to(device))  # (3B, 16)
+            e = embedder(x.to(device))  # not through DDP: see _sync_buffers
         return list(e.chunk(3))
 
     for epoch in range(start_epoch, config["epochs"]):
@@ -263,7 +283,7 @@ def pretrain_loop(config: dict[str, Any]) -> None:
             "start_epoch": start_epoch,  # > 0: this attempt resumed from a checkpoint
         }
         if test_shard is not None:
-            metrics.update(_triplet_eval(test_shard, model, embed_triplets, config))
+            metrics.update(_triplet_eval(test_shard, embedder, embed_triplets, config))
         logger.epoch(metrics, global_step)
         _report(metrics, rank, net, optimizer, epoch, global_step, history)
     logger.close()
@@ -272,6 +292,7 @@ def pretrain_loop(config: dict[str, Any]) -> None:
 @torch.no_grad()
 def _triplet_eval(shard, model: nn.Module, embed_triplets, config: dict[str, Any]) -> dict:
     """Triplet accuracy on held-out triplets: both similar-pair distances the smallest."""
+    _sync_buffers(model)
     model.eval()
     counts = torch.zeros(3, dtype=torch.float64)  # (correct, total, loss sum)
     for batch in _my_batches(
@@ -320,7 +341,7 @@ def finetune_loop(config: dict[str, Any]) -> None:
     optimizer = _sgd([p for p in net.parameters() if p.requires_grad], config)
     start_epoch, global_step, history = _resume(net, optimizer, config, rank)
     logger = EpochLogger(config["tb_dir"], config["csv_path"], history, global_step, rank == 0)
-    model = ray.train.torch.prepare_model(
+    model = ray.train.torch.prepare_model(  # DDP for training; `net` (same weights) for eval
         net, parallel_strategy_kwargs={"find_unused_parameters": True}
     )
     weights = torch.as_tensor(config["au_weights"], dtype=torch.float32, device=device)
@@ -370,7 +391,7 @@ def finetune_loop(config: dict[str, Any]) -> None:
         }
         last = epoch == config["epochs"] - 1
         if last or (epoch + 1) % int(config["eval_every"]) == 0:
-            metrics.update(_au_eval(eval_shard, model, weights, au_names, config, device))
+            metrics.update(_au_eval(eval_shard, net, weights, au_names, config, device))
         logger.epoch(metrics, global_step)
         _report(metrics, rank, net, optimizer, epoch, global_step, history)
     logger.close()
@@ -379,6 +400,7 @@ def finetune_loop(config: dict[str, Any]) -> None:
 @torch.no_grad()
 def _au_eval(shard, model, weights, au_names, config, device) -> dict[str, Any]:
     """Per-AU F1 of the final predictions on the whole evaluation set (all ranks' counts)."""
+    _sync_buffers(model)
     model.eval()
     acc = F1Accumulator(len(au_names))
     loss_sum = torch.zeros(2, dtype=torch.float64)

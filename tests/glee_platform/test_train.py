@@ -235,10 +235,6 @@ def test_finished_runs_are_reused(toy_runs):
 
 @pytest.mark.ray
 @pytest.mark.slow
-@pytest.mark.skip(
-    reason="2 workers x 1 CPU did not finish within 8 min on the overloaded shared 2-core "
-    "machine (load 7-30); unverified whether slow or hung: see the training report"
-)
 def test_validation_counts_are_summed_over_two_workers(ray_session, toy_prep, tmp_path):
     cfg = load_config(
         "smoke",
