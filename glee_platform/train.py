@@ -463,16 +463,24 @@ class FinetuneResult:
         return f1_table(rows, self.au_names)
 
 
-def ensure_ray(num_cpus: int | None = None) -> None:
-    """Connect to RAY_ADDRESS if set, else start a local Ray once."""
+_connected_to: str | None = None  # the address ensure_ray connected to; "local": started here
+
+
+def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> None:
+    """Connect to Ray once: `address` ("auto", "ray://host:10001", "host:6379"), else
+    RAY_ADDRESS; "local" or neither starts a local Ray with `num_cpus` (None: all cores).
+    A session that is already running is used as it is."""
+    global _connected_to
     import ray
     import ray.data
 
     if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init()
+        target = (address or os.environ.get("RAY_ADDRESS") or "local").strip()
+        if target == "local":
+            ray.init(address="local", num_cpus=num_cpus)  # with the dashboard: Train's state API
         else:
-            ray.init(num_cpus=num_cpus)  # the dashboard serves the state API Train uses
+            ray.init(address=target)
+        _connected_to = target
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
@@ -486,12 +494,18 @@ def _use_gpu(cfg: ExperimentConfig) -> bool:
     return bool(cfg.resources.use_gpu)
 
 
+def on_cluster() -> bool:
+    """Whether Ray runs on a cluster (which may autoscale) rather than on this machine only."""
+    target = _connected_to or os.environ.get("RAY_ADDRESS") or "local"
+    return target != "local"
+
+
 def _check_resources(cfg: ExperimentConfig, use_gpu: bool) -> None:
     import ray
 
     have = ray.cluster_resources().get("CPU", 0)
     need = cfg.resources.num_workers * cfg.resources.cpus_per_worker
-    if need > have and not os.environ.get("RAY_ADDRESS"):
+    if need > have and not on_cluster():
         raise ConfigError(
             f"resources: {cfg.resources.num_workers} workers x {cfg.resources.cpus_per_worker} "
             f"CPUs = {need} CPUs but this Ray cluster has {have:g}: lower "
@@ -510,7 +524,15 @@ def model_config(cfg: ExperimentConfig, num_aus: int) -> GLEEConfig:
         raise ConfigError(f"model: {err}") from None
 
 
-def _train_config(cfg: ExperimentConfig, run: str, gcfg: GLEEConfig) -> dict[str, Any]:
+def train_dir(cfg: ExperimentConfig, run: str, run_name: str | None = None) -> Path:
+    """Ray Train's folder of a run (checkpoints): `<run dir>/<run>`, or
+    `<run dir>/<run>/<run_name>` when the Train run is named (Tune trials)."""
+    return cfg.run_dir / run / run_name if run_name else cfg.run_dir / run
+
+
+def _train_config(
+    cfg: ExperimentConfig, run: str, gcfg: GLEEConfig, run_name: str | None
+) -> dict[str, Any]:
     fault = None
     if cfg.fault.enabled:
         fault = {
@@ -525,7 +547,7 @@ def _train_config(cfg: ExperimentConfig, run: str, gcfg: GLEEConfig) -> dict[str
         "threads": cfg.resources.cpus_per_worker,
         "tb_dir": str(cfg.run_dir / "tensorboard" / run),
         "csv_path": str(cfg.run_dir / run / "metrics.csv"),
-        "checkpoint_root": str(cfg.run_dir / run),
+        "checkpoint_root": str(train_dir(cfg, run, run_name)),
         "fault": fault,
         "prep": str(cfg.prep_dir),
     }
@@ -558,9 +580,15 @@ def _fit(
     loop_config: dict[str, Any],
     datasets: dict[str, Any],
     config_hash: str,
+    run_name: str | None = None,
+    callbacks: list[Any] | None = None,
 ) -> RunResult:
     import ray.train
     from ray.train.torch import TorchTrainer
+
+    # Unnamed: the Train run is `run` under the experiment folder. Named (a Tune trial's id):
+    # Ray Train knows it by that name, in a folder of that name inside `run`.
+    storage = cfg.run_dir / run if run_name else cfg.run_dir
 
     use_gpu = _use_gpu(cfg)
     _check_resources(cfg, use_gpu)
@@ -576,11 +604,12 @@ def _fit(
             resources_per_worker=resources,
         ),
         run_config=ray.train.RunConfig(
-            name=run,
-            storage_path=str(cfg.run_dir),
+            name=run_name or run,
+            storage_path=str(storage),
             failure_config=ray.train.FailureConfig(max_failures=cfg.resources.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            callbacks=list(callbacks or []),
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
@@ -591,9 +620,9 @@ def _fit(
     # The newest complete checkpoint: a last one uploaded by a worker that then died is
     # newer than Ray's registered one (see the module docstring).
     registered = result.checkpoint.path if result.checkpoint is not None else None
-    found = checkpoints_newest_first(cfg.run_dir / run, registered)
+    found = checkpoints_newest_first(train_dir(cfg, run, run_name), registered)
     if not found:
-        raise RuntimeError(f"Train run {run} finished without a checkpoint in {cfg.run_dir}")
+        raise RuntimeError(f"Train run {run} finished without a checkpoint in {storage}")
     checkpoint = found[0]
     state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)
     history = list(state["history"])
@@ -629,8 +658,18 @@ def pretrain_hash(cfg: ExperimentConfig) -> str:
     return cfg.hash("data", "model", "pretrain", "seed")
 
 
-def run_pretrain(cfg: ExperimentConfig, reuse: bool = True) -> RunResult:
-    """Pretrain the global and local branches on FEC triplets (Sec. III-E) on Ray Train."""
+def run_pretrain(
+    cfg: ExperimentConfig,
+    reuse: bool = True,
+    *,
+    run_name: str | None = None,
+    callbacks: list[Any] | None = None,
+) -> RunResult:
+    """Pretrain the global and local branches on FEC triplets (Sec. III-E) on Ray Train.
+
+    `run_name` names the Ray Train run (e.g. from a Tune trial id); `callbacks` are Ray
+    Train `UserCallback`s (e.g. `ray.tune.integration.ray_train.TuneReportCallback`).
+    """
     ensure_ray()
     run = "pretrain"
     config_hash = pretrain_hash(cfg)
@@ -678,7 +717,7 @@ def run_pretrain(cfg: ExperimentConfig, reuse: bool = True) -> RunResult:
     datasets = {"train": gdata.triplet_dataset(train)}
     if test.num_rows:
         datasets["test"] = gdata.triplet_dataset(test)
-    loop_config = _train_config(cfg, run, gcfg) | {
+    loop_config = _train_config(cfg, run, gcfg, run_name) | {
         "lr": p.lr,
         "momentum": p.momentum,
         "weight_decay": p.weight_decay,
@@ -687,7 +726,7 @@ def run_pretrain(cfg: ExperimentConfig, reuse: bool = True) -> RunResult:
         "epochs": p.epochs,
         "has_test": bool(test.num_rows),
     }
-    result = _fit(cfg, run, pretrain_loop, loop_config, datasets, config_hash)
+    result = _fit(cfg, run, pretrain_loop, loop_config, datasets, config_hash, run_name, callbacks)
     _write_experiment_metrics(cfg)
     return result
 
@@ -704,11 +743,19 @@ def training_au_weights(cfg: ExperimentConfig, fold: int) -> torch.Tensor:
 
 
 def run_finetune_fold(
-    cfg: ExperimentConfig, fold: int, init_checkpoint: Path | None, reuse: bool = True
+    cfg: ExperimentConfig,
+    fold: int,
+    init_checkpoint: Path | None,
+    reuse: bool = True,
+    *,
+    run_name: str | None = None,
+    callbacks: list[Any] | None = None,
 ) -> tuple[RunResult, np.ndarray]:
     """Finetune on the other two parts, evaluate per-AU F1 on part `fold` (or on all of
     `finetune.eval_dataset` for cross-dataset runs). Returns the run and the baseline F1
-    of predicting every AU present on the same evaluation set."""
+    of predicting every AU present on the same evaluation set.
+
+    `run_name` and `callbacks` go to Ray Train as in `run_pretrain`."""
     ensure_ray()
     run = f"fold{fold}"
     ft = cfg.finetune
@@ -748,7 +795,7 @@ def run_finetune_fold(
         ),
         "eval": gdata.face_dataset(prep, eval_dataset, eval_folds, max_rows=cfg.data.max_rows),
     }
-    loop_config = _train_config(cfg, run, gcfg) | {
+    loop_config = _train_config(cfg, run, gcfg, run_name) | {
         "lr": ft.lr,
         "momentum": ft.momentum,
         "weight_decay": ft.weight_decay,
@@ -763,7 +810,7 @@ def run_finetune_fold(
         ).tolist(),
         "init_checkpoint": str(init_checkpoint) if init_checkpoint is not None else None,
     }
-    result = _fit(cfg, run, finetune_loop, loop_config, datasets, config_hash)
+    result = _fit(cfg, run, finetune_loop, loop_config, datasets, config_hash, run_name, callbacks)
     _write_experiment_metrics(cfg)
     return result, baseline
 

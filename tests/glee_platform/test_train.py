@@ -256,6 +256,63 @@ def test_validation_counts_are_summed_over_two_workers(ray_session, toy_prep, tm
     assert run.final["val_mean_f1"] == pytest.approx(f1.mean())
 
 
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_named_train_run_stays_in_its_run_folder_and_calls_callbacks(
+    ray_session, toy_prep, tmp_path
+):
+    import ray.train
+
+    class RecordReports(ray.train.UserCallback):  # runs in the Train controller
+        def __init__(self, path):
+            self.path = str(path)
+
+        def after_report(self, run_context, metrics, checkpoint):
+            name = run_context.get_run_config().name
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(f"{name} {metrics[0]['epoch']} {checkpoint is not None}\n")
+
+    cfg = load_config(
+        "smoke",
+        [
+            f"data.prep={toy_prep}",
+            f"resources.storage_path={tmp_path / 'runs'}",
+            "resources.cpus_per_worker=2",
+            "finetune.init=none",
+            "finetune.batch_size=16",
+            "finetune.epochs=2",
+            "finetune.eval_every=2",
+        ],
+    )
+    reports = tmp_path / "reports.txt"
+    run, _ = train.run_finetune_fold(
+        cfg, 1, None, run_name="trial_0001-fold1", callbacks=[RecordReports(reports)]
+    )
+    assert reports.read_text().splitlines() == [
+        "trial_0001-fold1 0 True",
+        "trial_0001-fold1 1 True",
+    ]
+    # Ray Train's folder is named after the run, inside the fold's folder, which keeps
+    # the metrics and the done record that later steps read
+    fold = cfg.run_dir / "fold1"
+    assert run.path == fold and run.checkpoint.parent == fold / "trial_0001-fold1"
+    assert run.checkpoint.name == "checkpoint_epoch0001"
+    assert [r["epoch"] for r in read_metrics_csv(fold / "metrics.csv")] == ["0", "1"]
+    assert (fold / train.DONE_FILE).is_file()
+
+
+def test_on_cluster_follows_the_address(monkeypatch):
+    monkeypatch.setattr(train, "_connected_to", None)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert not train.on_cluster()
+    monkeypatch.setenv("RAY_ADDRESS", "local")
+    assert not train.on_cluster()
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert train.on_cluster()
+    monkeypatch.setattr(train, "_connected_to", "local")  # ensure_ray(address="local")
+    assert not train.on_cluster()
+
+
 def test_missing_preprocessed_data_is_one_clear_line(tmp_path):
     with pytest.raises(gdata.DataError, match="run preprocessing first"):
         gdata.read_manifest(tmp_path, "bp4d")
