@@ -33,13 +33,18 @@ def load_model_weights(net: GLEENet, checkpoint: str | os.PathLike) -> GLEENet:
         )
     state = torch.load(path, map_location="cpu", weights_only=True)
     weights = state["model"] if isinstance(state, dict) and "model" in state else state
-    result = net.load_state_dict(weights, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        bad = (result.missing_keys or result.unexpected_keys)[:3]
+    own = net.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    resized = [k for k in own if k in weights and tuple(weights[k].shape) != tuple(own[k].shape)]
+    bad = missing or unexpected or resized
+    if bad:
         raise ValueError(
-            f"checkpoint {path} does not fit this model (e.g. {', '.join(bad)}): build the "
-            "model from the config of the run that wrote it"
+            f"checkpoint {path} does not fit this model ({len(bad)} tensors missing, extra or "
+            f"of another shape, e.g. {bad[0]}): build the model from the config of the run "
+            "that wrote it"
         )
+    net.load_state_dict(weights)
     return net.eval()
 
 
@@ -81,7 +86,7 @@ class Outputs:
     @property
     def probs(self) -> np.ndarray:
         """(B, n_au) float64 probabilities (sigmoid in float64, as F1Accumulator does)."""
-        return torch.sigmoid(torch.as_tensor(self.logits, dtype=torch.float64)).numpy()
+        return torch.sigmoid(torch.from_numpy(np.array(self.logits, np.float64))).numpy()
 
     @property
     def occurrences(self) -> np.ndarray:

@@ -64,6 +64,17 @@ def variant_config(base: ExperimentConfig, variant: str) -> ExperimentConfig:
     return cfg.check()
 
 
+def pretraining_plan(variants: list[str], init: str) -> dict[str, str | None]:
+    """Which pretraining run each variant starts from ("full" or its own name), None for
+    none: the full model's is shared (Sec. III-E); w/o pretrain and w/o GB&LB take none;
+    the ResNet replacing both branches has its own. init "none" (finetune.init): none."""
+    if init != "pretrain":
+        return {v: None for v in variants}
+    return {
+        v: None if v in NO_PRETRAINING else v if v in OWN_PRETRAINING else "full" for v in variants
+    }
+
+
 @dataclass
 class AblationResult:
     dataset: str
@@ -145,16 +156,17 @@ def run_ablation(
     finetune_remote = ray.remote(num_cpus=0)(_finetune_variant)
 
     # Sec. III-E: one pretraining of the full model (the ResNet variant pretrains its own).
+    plan = pretraining_plan(variants, base.finetune.init)
     inits: dict[str, Path | None] = {v: None for v in variants}
-    if base.finetune.init == "pretrain":
-        wanted = {"full": configs.get("full") or variant_config(base, "full")}
-        wanted.update({v: configs[v] for v in OWN_PRETRAINING if v in configs})
+    sources = sorted({s for s in plan.values() if s is not None})
+    if sources:
         t = time.perf_counter()
-        pre = _run_limited({name: (pretrain_remote, cfg) for name, cfg in wanted.items()}, slots)
+        pre = _run_limited(
+            {s: (pretrain_remote, configs.get(s) or variant_config(base, s)) for s in sources},
+            slots,
+        )
         seconds["pretrain"] = time.perf_counter() - t
-        for v in variants:
-            if v not in NO_PRETRAINING:
-                inits[v] = pre[v if v in OWN_PRETRAINING else "full"].checkpoint
+        inits = {v: None if s is None else pre[s].checkpoint for v, s in plan.items()}
 
     t = time.perf_counter()
     results = _run_limited({v: (finetune_remote, configs[v], inits[v]) for v in variants}, slots)
@@ -273,6 +285,7 @@ __all__ = [
     "ablation_table",
     "orderings_text",
     "paper_orderings",
+    "pretraining_plan",
     "run_ablation",
     "variant_config",
     "write_ablation",

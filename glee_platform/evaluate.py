@@ -69,7 +69,7 @@ def fold_checkpoint(run_dir: str | os.PathLike, fold: int) -> Path:
     done = folder / DONE_FILE
     if done.is_file():
         named = Path(json.loads(done.read_text(encoding="utf-8"))["checkpoint"])
-        for candidate in (named, folder / named.name):
+        for candidate in (folder / named.name, named):  # beside it first: a moved run
             if (candidate / "state.pt").is_file():
                 return candidate
     # a state.pt cut short by a crash is not a readable zip archive: skip it
@@ -113,7 +113,8 @@ class FoldEvaluation:
     @property
     def f1(self) -> np.ndarray:
         acc = F1Accumulator(len(self.au_names))
-        acc.update(self.logits, self.labels)  # Sec. IV-A: p > 0.5, unknown labels masked
+        # Sec. IV-A: p > 0.5, unknown labels masked (copies: Ray hands out read-only arrays)
+        acc.update(np.array(self.logits), np.array(self.labels))
         return acc.f1()
 
     @property

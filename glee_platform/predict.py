@@ -152,11 +152,24 @@ def predict_files(
     if chunk_frames < 1:
         raise PredictInputError(f"chunk_frames must be >= 1, got {chunk_frames}")
     source = resolve_landmarks(landmarks)
-    if source == "provided" and not landmarks_file:
-        raise PredictInputError(
-            "--landmarks provided needs --landmarks-file (a table: subject, task, frame, "
-            "x0..x67, y0..y67; subject = the input's stem, task empty, frame 1-based)"
-        )
+    # Fail fast on the driver, in one line, for what every actor would fail on.
+    from glee.face.landmarks import FanLandmarks, ProvidedLandmarks
+
+    if source == "provided":
+        if not landmarks_file:
+            raise PredictInputError(
+                "--landmarks provided needs --landmarks-file (a table: subject, task, frame, "
+                "x0..x67, y0..y67; subject = the input's stem, task empty, frame 1-based)"
+            )
+        try:
+            ProvidedLandmarks(landmarks_file)
+        except (FileNotFoundError, ValueError) as err:
+            raise PredictInputError(str(err).splitlines()[0]) from None
+    elif source == "fan" and not fan_weights_present():
+        try:
+            FanLandmarks(device="cpu")  # raises MissingWeightsError naming files and folder
+        except FileNotFoundError as err:
+            raise PredictInputError(str(err).splitlines()[0]) from None
     per_input: dict[str, list[Frame]] = {}
     stems: dict[str, str] = {}
     for item in inputs:
