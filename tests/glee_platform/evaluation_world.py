@@ -1,0 +1,51 @@
+"""Shared, once-per-session artefacts of the evaluate / predict / ablate tests.
+
+The tiny synthetic world (tests/conftest.py) preprocessed once and a Table V ablation on
+its BP4D (fold 1, one epoch), whose `full` run is the model the evaluate and predict tests
+use: the only Ray Train runs of the three test files. Built on first use by whichever test module asks first; the
+module-level cache makes the three test files share them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+_CACHE: dict[str, Any] = {}
+
+
+def prep_dir(tiny_world: dict[str, Path], tmp_path_factory) -> Path:
+    """bp4d and bp4dplus of the tiny world, preprocessed with their landmarks."""
+    if "prep" not in _CACHE:
+        from glee_platform.preprocess import preprocess_dataset
+
+        prep = tmp_path_factory.mktemp("eval_prep")
+        for name in ("bp4d", "bp4dplus"):
+            preprocess_dataset(name, tiny_world[name], prep / name, num_cpus=2, progress=False)
+        _CACHE["prep"] = prep
+    return _CACHE["prep"]
+
+
+def ablation(tiny_world, tmp_path_factory):
+    """Every Table V variant on the tiny BP4D: fold 1 (48 training faces, 24 test faces),
+    one epoch, no pretraining (AblationResult, config)."""
+    if "ablation" not in _CACHE:
+        from glee_platform.ablate import run_ablation
+        from glee_platform.config import load_config
+
+        prep = prep_dir(tiny_world, tmp_path_factory)
+        runs = tmp_path_factory.mktemp("eval_runs")
+        cfg = load_config(
+            "ablation-tiny",
+            [
+                "name=abl",
+                f"data.prep={prep}",
+                f"resources.storage_path={runs}",
+                "finetune.init=none",  # pretraining is tested in test_train; time
+                "finetune.epochs=1",
+                "finetune.eval_every=1",
+                "finetune.folds=[1]",
+            ],
+        )
+        _CACHE["ablation"] = (run_ablation(cfg), cfg)
+    return _CACHE["ablation"]

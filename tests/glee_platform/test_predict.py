@@ -1,0 +1,197 @@
+"""Batch prediction on Ray Data: OpenFace-style CSVs with one row per frame, the same
+occurrences as evaluation on the same frames, and frames without a face kept."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from evaluation_world import ablation, prep_dir
+
+from glee.datasets.records import BP4D_AUS, au_names
+from glee.face.five_point import five_of, landmarks_from_five, neutral_template
+from glee.prediction import PredictInputError, csv_columns, list_frames, openface_au
+from glee_platform.evaluate import evaluate_run
+from glee_platform.predict import predict_files
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _write_rgb(path: Path, image: np.ndarray) -> Path:
+    assert cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def _check_openface(df: pd.DataFrame, names: list[str]) -> None:
+    assert list(df.columns) == csv_columns(names)
+    assert (df["face_id"] == 0).all() and df["success"].isin([0, 1]).all()
+    for n in names:
+        c, p = df[f"{openface_au(n)}_c"], df[f"{openface_au(n)}_p"]
+        assert p.between(0, 1).all()
+        ok = df["success"] == 1
+        assert (c[ok] == (p[ok] > 0.5).astype(int)).all()  # Sec. IV-A threshold
+        assert (c[~ok] == 0).all() and (p[~ok] == 0).all()  # OpenFace: zeros on failure
+
+
+# --------------------------------------------------------------------------- pure
+
+
+def test_openface_columns_and_frame_listing(tmp_path):
+    names = au_names(BP4D_AUS)
+    cols = csv_columns(names)
+    assert cols[:5] == ["frame", "face_id", "timestamp", "confidence", "success"]
+    assert cols[5] == "AU01_c" and cols[5 + 12] == "AU01_p" and cols[-1] == "AU24_p"
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for name in ("b.png", "a.jpg", "c.png"):
+        _write_rgb(folder / name, np.zeros((8, 8, 3), np.uint8))
+    (folder / "notes.txt").write_text("not an image")
+    frames = list_frames(folder)
+    assert [Path(f.image).name for f in frames] == ["a.jpg", "b.png", "c.png"]
+    assert [f.frame for f in frames] == [1, 2, 3] and frames[2].timestamp == pytest.approx(2 / 30)
+    assert {f.subject for f in frames} == {"clip"}
+    with pytest.raises(PredictInputError, match="notes.txt: not an image"):
+        list_frames(folder / "notes.txt")
+    with pytest.raises(PredictInputError, match="no such file"):
+        list_frames(tmp_path / "missing.mp4")
+
+
+def test_five_points_recover_a_moved_neutral_face():
+    template = neutral_template()
+    angle, scale, shift = 0.2, 3.5, np.array([120.0, 80.0])
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    moved = template @ (scale * rot).T + shift
+    np.testing.assert_allclose(landmarks_from_five(five_of(moved)), moved, atol=1e-3)
+
+
+# --------------------------------------------------------------------------- on Ray
+
+
+@pytest.fixture(scope="module")
+def bp4d_run(ray_session, tiny_world, tmp_path_factory) -> Path:
+    _, cfg = ablation(tiny_world, tmp_path_factory)
+    return cfg.run_dir / "full"
+
+
+@pytest.fixture(scope="module")
+def prep(bp4d_run, tiny_world, tmp_path_factory) -> Path:
+    return prep_dir(tiny_world, tmp_path_factory)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_astronaut_gets_a_face_and_a_blank_frame_a_success_0_row(bp4d_run, tmp_path):
+    from skimage import data
+
+    astronaut = _write_rgb(tmp_path / "astronaut.png", data.astronaut())
+    blank = _write_rgb(tmp_path / "blank.png", np.full((160, 160, 3), 90, np.uint8))
+    out = tmp_path / "out"
+    summary = predict_files([astronaut, blank], bp4d_run, out, landmarks="mtcnn5", progress=False)
+    names = au_names(BP4D_AUS)
+    face = pd.read_csv(out / "astronaut.csv")
+    none = pd.read_csv(out / "blank.csv")
+    _check_openface(face, names)
+    _check_openface(none, names)
+    assert len(face) == len(none) == 1
+    assert face.loc[0, "success"] == 1 and face.loc[0, "confidence"] > 0.9
+    assert none.loc[0, "success"] == 0 and none.loc[0, "confidence"] == 0
+    errors = pd.read_csv(out / "errors.csv")
+    assert errors[["frame", "stage", "reason"]].values.tolist() == [
+        [1, "detect", "no face detected"]
+    ]
+    assert Path(errors.loc[0, "input"]).name == "blank.png"
+    assert (summary.frames, summary.faces, summary.landmarks) == (2, 1, "mtcnn5")
+
+
+def _rekeyed_landmarks(root: Path, subject: str, task: str, stem: str, out: Path) -> Path:
+    """The dataset's landmarks of one sequence, keyed as predict keys frames: the input's
+    stem, no task, the 1-based position of the frame in the sequence."""
+    lms = pd.read_parquet(root / "landmarks.parquet")
+    lms = lms[(lms["subject"] == subject) & (lms["task"] == task)].sort_values("frame")
+    lms = lms.assign(subject=stem, task="", frame=np.arange(1, len(lms) + 1))
+    lms.to_parquet(out)
+    return out
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_disfa_video_gives_one_row_per_frame(bp4d_run, tiny_world, tmp_path):
+    root = tiny_world["disfa"]
+    video = sorted((root / "Videos_LeftCamera").glob("*.avi"))[0]
+    subject = video.stem.removeprefix("LeftVideo").removesuffix("_comp")
+    table = _rekeyed_landmarks(root, subject, "", video.stem, tmp_path / "landmarks.parquet")
+    out = tmp_path / "out"
+    summary = predict_files(
+        [video], bp4d_run, out, landmarks="provided", landmarks_file=table, progress=False
+    )
+    df = pd.read_csv(out / f"{video.stem}.csv")
+    _check_openface(df, au_names(BP4D_AUS))  # the AUs of the model's dataset
+    cap = cv2.VideoCapture(str(video))
+    n, fps = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), cap.get(cv2.CAP_PROP_FPS)
+    cap.release()
+    assert df["frame"].tolist() == list(range(1, n + 1))  # every frame, in order
+    np.testing.assert_allclose(df["timestamp"], (df["frame"] - 1) / fps, atol=1e-5)
+    assert (df["success"] == 1).all() and (df["confidence"] == 1).all()
+    assert (summary.frames, summary.faces) == (n, n)
+    assert pd.read_csv(out / "errors.csv").empty
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_frames_get_the_occurrences_evaluation_gives_them(bp4d_run, prep, tiny_world, tmp_path):
+    ev = evaluate_run(bp4d_run, prep=prep, out=tmp_path / "eval", plots=False)
+    preds = pq.read_table(tmp_path / "eval" / "predictions.parquet").to_pandas()
+    subject, task = preds["subject"].iloc[0], preds["task"].iloc[0]
+    root = tiny_world["bp4d"]
+    folder = root / "2D+3D" / subject / task  # one BP4D sequence: a folder of frames
+    table = _rekeyed_landmarks(root, subject, task, folder.name, tmp_path / "landmarks.parquet")
+    out = tmp_path / "out"
+    predict_files(
+        [folder], bp4d_run, out, landmarks="provided", landmarks_file=table, progress=False
+    )
+    df = pd.read_csv(out / f"{folder.name}.csv")
+    names = ev.au_names
+    _check_openface(df, names)
+    # frame k of the folder is the k-th BP4D frame number of the sequence
+    numbers = sorted(int(p.stem) for p in folder.glob("*.jpg"))
+    df["bp4d_frame"] = [numbers[k - 1] for k in df["frame"]]
+    mine = preds[(preds["subject"] == subject) & (preds["task"] == task)].set_index("frame")
+    both = df[df["bp4d_frame"].isin(mine.index)]
+    assert len(both) >= 4 and (both["success"] == 1).all()
+    mine = mine.loc[both["bp4d_frame"]]
+    occ = np.stack(mine["occurrences"].to_numpy())
+    np.testing.assert_array_equal(both[[f"{openface_au(a)}_c" for a in names]].to_numpy(), occ)
+    logits = np.stack(mine["logits"].to_numpy()).astype(np.float64)
+    probs = both[[f"{openface_au(a)}_p" for a in names]].to_numpy()
+    np.testing.assert_allclose(probs, 1 / (1 + np.exp(-logits)), atol=1e-5)
+
+
+def _predict_job(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "predict.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        env=env,
+    )
+
+
+def test_an_unreadable_input_or_missing_weights_is_one_clear_line(tmp_path):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a video")
+    proc = _predict_job(str(bad), "--run", str(tmp_path))
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert "notes.txt: not an image" in proc.stderr
+    image = _write_rgb(tmp_path / "face.png", np.zeros((64, 64, 3), np.uint8))
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}  # no FAN weights there
+    proc = _predict_job(str(image), "--run", str(tmp_path), "--landmarks", "fan", env=env)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert "FAN landmark weights" in proc.stderr and str(tmp_path / "torch") in proc.stderr
