@@ -435,18 +435,22 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def cached_pretrain(cfg: ExperimentConfig, cache_dir: Path) -> RunResult:
+def cached_pretrain(
+    cfg: ExperimentConfig, cache_dir: Path, trial_id: str | None = None
+) -> RunResult:
     """Pretrain into `<cache_dir>/<pretrain hash>/pretrain`, or reuse the finished run there.
 
     A lock per hash makes a concurrent trial of the same pretraining config wait and then
     reuse the run instead of pretraining a second time; `.reused` says which happened.
+    The Train run is named `<trial_id>_pretrain` after the trial that ran it.
     """
     pcfg = pretraining_config(cfg)
     key = pretrain_hash(pcfg)
     pcfg.name = key
     pcfg.resources.storage_path = str(cache_dir)
+    name = f"{trial_id}_pretrain" if trial_id else None
     with _file_lock(Path(cache_dir) / f"{key}.lock"):
-        return run_pretrain(pcfg)
+        return run_pretrain(pcfg, run_name=name)
 
 
 def run_trial(
@@ -465,12 +469,16 @@ def run_trial(
     gcfg = model_config(cfg, len(au_names))
     pre = None
     if cfg.finetune.init == "pretrain" and gcfg.uses_pretraining and gcfg.has_embedding:
-        pre = cached_pretrain(cfg, Path(cache_dir))
+        pre = cached_pretrain(cfg, Path(cache_dir), trial_id)
     folds: dict[int, RunResult] = {}
     f1: dict[int, np.ndarray] = {}
     baseline: dict[int, np.ndarray] = {}
     for k in cfg.finetune.folds:
-        folds[k], baseline[k] = run_finetune_fold(cfg, k, pre.checkpoint if pre else None)
+        # each fold is a Train run named from the trial id: `<trial_id>_fold<k>` in the
+        # Ray dashboard, in <trial folder>/fold<k>/<trial_id>_fold<k>/ on disk
+        folds[k], baseline[k] = run_finetune_fold(
+            cfg, k, pre.checkpoint if pre else None, run_name=f"{trial_id}_fold{k}"
+        )
         f1[k] = np.array([folds[k].final[f"val_f1_{n}"] for n in au_names], np.float64)
         if len(f1) == len(cfg.finetune.folds):  # before the last report: Tune stops the trial
             write_results(cfg, FinetuneResult(au_names, folds, f1, baseline))
