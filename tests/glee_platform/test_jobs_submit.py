@@ -61,6 +61,7 @@ class Head:
         # short path: Ray's unix sockets live under it (107-character limit)
         self.temp_dir = tempfile.mkdtemp(prefix="glee-ray-")
         self.token = secrets.token_hex(16)
+        self.passed = False  # the test sets it last; otherwise the logs are kept
         self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         self.env.update(
             PATH=f"{RAY.parent}{os.pathsep}{os.environ.get('PATH', '')}",  # `python` = this venv
@@ -140,6 +141,21 @@ class Head:
         self.log.close()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
+    def keep_logs(self, dest: Path) -> None:
+        """Copy the head's logs (and `ray start`'s output) to `dest`, which outlives it."""
+        self.log.flush()
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy(Path(self.temp_dir) / "ray-start.log", dest)
+        logs = Path(self.temp_dir) / "session_latest" / "logs"
+        if logs.is_dir():  # absent if the head never came up
+            shutil.copytree(logs, dest, dirs_exist_ok=True, ignore_dangling_symlinks=True)
+
+    def health(self) -> str:
+        """What to print when a command against the head failed."""
+        code = self.proc.poll()
+        alive = "running" if code is None else f"exited with {code}"
+        return f"`ray start --block` {alive}; its output ends:\n{self.start_log()}"
+
 
 def session_processes(sid: int) -> list[int]:
     """Live processes in session `sid` (the `ray start` process and its descendants)."""
@@ -165,12 +181,14 @@ def _signal(pid: int, sig: int) -> None:
 
 
 @pytest.fixture
-def head():
+def head(tmp_path):
     node = Head(cpus=2)
     try:
-        node.wait_ready(timeout=90)
+        node.wait_ready(timeout=120)
         yield node
     finally:
+        if not node.passed:  # the logs stay in pytest's tmp folder
+            node.keep_logs(tmp_path / "ray-logs")
         node.stop()
 
 
@@ -200,7 +218,10 @@ def test_smoke_job_submitted_with_the_working_dir_succeeds(head, toy_prep, tmp_p
     status = head.job("status", job_id, timeout=60)
     logs = head.job("logs", job_id, timeout=60).stdout
     # the CLI's line for JobStatus.SUCCEEDED
-    assert f"Job '{job_id}' succeeded" in status.stdout, (status.stdout, submit.stdout[-3000:])
+    assert f"Job '{job_id}' succeeded" in status.stdout, (
+        f"{status.stdout}{status.stderr[-1500:]}\nsubmit: {submit.stdout[-3000:]}\n"
+        f"{head.health()}\nhead logs: {tmp_path / 'ray-logs'}"
+    )
     # the job printed the per-AU F1 table of fold 1 and the mean, and where it wrote it
     table = [line.split() for line in logs.splitlines() if line.startswith(("fold1", "mean "))]
     assert [row[0] for row in table[:2]] == ["fold1", "mean"], logs[-3000:]
@@ -208,9 +229,11 @@ def test_smoke_job_submitted_with_the_working_dir_succeeds(head, toy_prep, tmp_p
     assert f"results: {runs / 'smoke' / 'results.md'}" in logs
     assert (runs / "smoke" / "results.md").is_file()
     # the uploaded working dir holds the code but not what .gitignore excludes
-    packages = list(Path(head.temp_dir).glob("session_*/runtime_resources/working_dir_files/*"))
-    assert packages, "no working_dir package on the head"
+    files = Path(head.temp_dir) / "session_latest" / "runtime_resources" / "working_dir_files"
+    packages = [p for p in files.glob("_ray_pkg_*") if p.is_dir()]  # beside: .zip.lock files
+    assert len(packages) == 1, list(files.iterdir())
     pkg = packages[0]
     assert (pkg / "glee_platform" / "train.py").is_file() and (pkg / "configs").is_dir()
     for ignored in ("data", "runs", ".venv", ".pytest_cache"):
         assert not (pkg / ignored).exists(), f"{ignored}/ was uploaded with the working dir"
+    head.passed = True
