@@ -13,18 +13,26 @@ along the curve). Both regularisers default to the paper's 1e-4.
 
 Residual vector (what `fit_residuals_and_jacobian` returns, ||r||^2 = E):
     [u - u*, v - v*] for each point landmark, in landmark order       (2 rows each)
-    signed distance to the detected polyline for each sliding landmark (1 row each)
+    signed distance to the detected polyline for each sliding landmark (1 row each, contour
+        by contour)
     sqrt(reg_shape) f_s, sqrt(reg_expression) f_exp
 
-Solver: Levenberg-Marquardt with analytic Jacobians (rotation derivatives for the pose;
-the model landmarks are linear in f_s and f_exp, so their columns are the rotated bases
-through the projection's derivative), vectorised over all faces: a batch of B faces builds
-one (B, rows, 6 + N_s + N_e) Jacobian and solves B normal-equation systems at once; faces
-drop out of the working set as they converge. The bounds f_exp in [0, 1] and f_s in
-[-3, 3] (the model's documented ranges) are kept by a projected LM: coefficients at a bound
-whose gradient pushes outward are held fixed for the step (active set), the step is solved
-for the rest and the result is clipped to the box. Initial pose: a scaled-orthographic fit
-of the mean shape (closed form, one shared pseudo-inverse), refined by pose-only LM steps.
+Solver: Levenberg-Marquardt with analytic Jacobians, vectorised over a chunk of faces (no
+loop per face). The model landmarks are linear in f_s and f_exp once the pose is fixed, so
+their Jacobian columns are the bases seen through the projection's derivative, one
+(chunk, 3) x (3, K) product per residual row. Each iteration solves the normal equations
+    (J^T J + diag(reg) + mu diag(J^T J)) step = -(J^T r + reg * coefficients)
+by elimination: pose and shape (6 + N_s, dense, solved once) are eliminated, which leaves an
+N_e x N_e Schur complement for the expression block. The bounds f_exp in [0, 1] are met
+there by an active-set loop (pin a coefficient that leaves the box at the bound it hits,
+free a pinned one whose multiplier changed sign; each pass is a small solve over the free
+expression coefficients only), so one factorisation per iteration gives the box-constrained
+step. Shape coefficients outside [-3, 3] are clipped, and held at the bound in the next
+iteration while their gradient pushes outwards. The damping mu starts near zero (a plain
+Gauss-Newton step, which converges in a handful of iterations here) and grows tenfold
+whenever the step and its backtracked fractions all fail to lower the energy. Initial pose:
+a scaled-orthographic fit of the mean shape (closed form, one shared pseudo-inverse),
+refined by a few pose-only steps.
 """
 
 from __future__ import annotations
@@ -41,6 +49,14 @@ from glee.face.morphable_model import MorphableModel
 POSE_DIM = 6
 SHAPE_BOUNDS = (-3.0, 3.0)
 EXPRESSION_BOUNDS = (0.0, 1.0)
+CHUNK = 128  # faces solved together (a loop over chunks bounds the memory per solve)
+STEP_FRACTIONS = (1.0, 0.25, 0.0625)  # backtracking along the projected step
+RELEASE_GAIN = 1e-6  # px^2: freeing a pinned coefficient must lower E by more than this
+LEAVE_TOL = 1e-7  # a step past a bound by less than this is clipped, not pinned
+# Identity damping of the coefficients in LM iteration k: 1e-2 * 0.03^k (px^2 per unit^2).
+# The first steps start from the mean shape's pose; without it they throw the weakly
+# determined shape directions to their bounds, where some fits stay.
+COEF_DAMPING = (1e-2, 0.03)
 
 
 @dataclass
@@ -51,7 +67,7 @@ class FitResult:
     rmse: np.ndarray  # (B,) pixels, plain point distance over the 68 landmarks
     energy: np.ndarray  # (B,) Sec. III-C energy at the solution
     converged: np.ndarray  # (B,) bool
-    iterations: np.ndarray  # (B,) LM iterations used
+    iterations: np.ndarray  # (B,) LM iterations over all unknowns
 
 
 @contextlib.contextmanager
@@ -82,8 +98,7 @@ class _Problem:
         self.k = self.ns + self.ne
         self.mean = lm.mean.astype(np.float64)  # (68, 3)
         basis = np.concatenate([lm.shape_basis, lm.expression_basis], 0).astype(np.float64)
-        self.basis = np.ascontiguousarray(basis.transpose(1, 2, 0))  # (68, 3, K)
-        self.basis_flat = self.basis.reshape(68 * 3, self.k)  # (204, K)
+        self.basis_flat = np.ascontiguousarray(basis.reshape(self.k, 68 * 3).T)  # (204, K)
         self.reg = np.concatenate(
             [np.full(self.ns, float(reg_shape)), np.full(self.ne, float(reg_expression))]
         )
@@ -98,26 +113,34 @@ class _Problem:
         self.lo, self.hi = np.r_[-inf, lo_c], np.r_[inf, hi_c]
 
         # Sec. III-C: non-endpoint contour landmarks slide along the detected polyline.
-        sliding: dict[int, tuple[int, ...]] = {}
+        polyline: dict[int, tuple[int, ...]] = {}
         for contour in lm.contours.values():
             for j in contour[1:-1]:
-                sliding.setdefault(int(j), tuple(int(c) for c in contour))
-        self.sliding = np.array(sorted(sliding), np.int64)
-        self.points = np.array([i for i in range(68) if i not in sliding], np.int64)
-        nseg = max((len(sliding[j]) - 1 for j in self.sliding), default=1)
-        seg_a = np.zeros((len(self.sliding), nseg), np.int64)
-        seg_b = np.zeros((len(self.sliding), nseg), np.int64)
-        for r, j in enumerate(self.sliding):
-            c = sliding[int(j)]
-            a, b = list(c[:-1]), list(c[1:])
-            a += [a[-1]] * (nseg - len(a))  # pad with the last segment (harmless for a min)
-            b += [b[-1]] * (nseg - len(b))
-            seg_a[r], seg_b[r] = a, b
-        self.seg_a, self.seg_b = seg_a, seg_b  # (S, M) detected-landmark indices
+                polyline.setdefault(int(j), tuple(int(c) for c in contour))
+        self.points = np.array([i for i in range(68) if i not in polyline], np.int64)
+        # Sliding landmarks grouped by the number of segments of their polyline, each group
+        # with its (S_g, M_g) segment start and end indices into the detected landmarks.
+        self.groups: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        for m in sorted({len(c) - 1 for c in polyline.values()}):
+            members = [j for j, c in polyline.items() if len(c) - 1 == m]
+            ends = np.array([polyline[j] for j in members], np.int64)  # (S_g, M_g + 1)
+            self.groups.append((np.array(members, np.int64), ends[:, :-1], ends[:, 1:]))
+        self.sliding = np.concatenate(
+            [np.zeros(0, np.int64), *(members for members, _, _ in self.groups)]
+        )
         # Landmark of each data row: 2 rows per point landmark, then 1 per sliding landmark.
         self.row_landmark = np.r_[np.repeat(self.points, 2), self.sliding]
         self.rows = len(self.row_landmark)
-        self.basis_rows = np.ascontiguousarray(self.basis[self.row_landmark])  # (rows, 3, K)
+        # Basis seen by each row, (rows, 3, K): a row's coefficient Jacobian is w (1, 3) @ it.
+        self.basis_rows = np.ascontiguousarray(basis.transpose(1, 2, 0)[self.row_landmark])
+        # A basis that moves no landmark (the default model has a few blendshapes that only
+        # shade the rendering) leaves only its regulariser in E: its coefficient is 0 at the
+        # optimum and LM leaves it out. The unknowns of the LM are the pose and the rest.
+        moves = np.abs(basis).reshape(self.k, -1).max(1) > 0
+        self.unknowns = np.r_[np.arange(POSE_DIM), POSE_DIM + np.flatnonzero(moves)]
+        self.still = POSE_DIM + np.flatnonzero(~moves)  # theta columns held at 0
+        self.pose_shape = POSE_DIM + int(moves[: self.ns].sum())  # unknowns before f_exp
+        self.basis_fit = np.ascontiguousarray(self.basis_rows[..., moves])
         # Closed-form scaled-orthographic pose init on the mean shape: [X 1]^+ (4, 68).
         design = np.c_[self.mean, np.ones(68)]
         self.mean_pinv = np.linalg.pinv(design)
@@ -133,23 +156,29 @@ def _cameras(camera: Camera | Sequence[Camera], n: int) -> np.ndarray:
     return np.array([[c.focal, c.cx, c.cy] for c in cams], np.float64)
 
 
-def _rotation_and_derivatives(angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """R = Rz(roll) Ry(yaw) Rx(pitch) (n, 3, 3) and dR/d(yaw, pitch, roll) (n, 3, 3, 3)."""
-    yaw, pitch, roll = angles[:, 0], angles[:, 1], angles[:, 2]
-    n = len(angles)
-    cy, sy, cp, sp, cr, sr = (f(a) for a in (yaw, pitch, roll) for f in (np.cos, np.sin))
-    z, o = np.zeros(n), np.ones(n)
-
-    def m(*e: np.ndarray) -> np.ndarray:
-        return np.stack(e, -1).reshape(n, 3, 3)
-
-    rx, drx = m(o, z, z, z, cp, -sp, z, sp, cp), m(z, z, z, z, -sp, -cp, z, cp, -sp)
-    ry, dry = m(cy, z, sy, z, o, z, -sy, z, cy), m(-sy, z, cy, z, z, z, -cy, z, -sy)
-    rz, drz = m(cr, -sr, z, sr, cr, z, z, z, o), m(-sr, -cr, z, cr, -sr, z, z, z, z)
-    rzy = rz @ ry
-    rot = rzy @ rx
-    d = np.stack([rz @ dry @ rx, rzy @ drx, drz @ ry @ rx], 1)  # (n, 3 angles, 3, 3)
-    return rot, d
+def _rotation_and_axes(angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """R = Rz(roll) Ry(yaw) Rx(pitch) (n, 3, 3) and the camera-frame axis of each angle
+    (n, 3 angles, 3): d(R x)/d angle_k = axis_k x (R x), since Rz Ry Rx is a product of
+    rotations about e_z, then the once-rolled e_y, then the fully rotated e_x."""
+    cy, sy = np.cos(angles[:, 0]), np.sin(angles[:, 0])
+    cp, sp = np.cos(angles[:, 1]), np.sin(angles[:, 1])
+    cr, sr = np.cos(angles[:, 2]), np.sin(angles[:, 2])
+    rot = np.empty((len(angles), 3, 3))
+    rot[:, 0, 0] = cr * cy
+    rot[:, 0, 1] = cr * sy * sp - sr * cp
+    rot[:, 0, 2] = cr * sy * cp + sr * sp
+    rot[:, 1, 0] = sr * cy
+    rot[:, 1, 1] = sr * sy * sp + cr * cp
+    rot[:, 1, 2] = sr * sy * cp - cr * sp
+    rot[:, 2, 0] = -sy
+    rot[:, 2, 1] = cy * sp
+    rot[:, 2, 2] = cy * cp
+    axes = np.zeros((len(angles), 3, 3))
+    axes[:, 0, 0] = -sr  # yaw: Rz e_y
+    axes[:, 0, 1] = cr
+    axes[:, 1] = rot[:, :, 0]  # pitch: R e_x
+    axes[:, 2, 2] = 1.0  # roll: e_z
+    return rot, axes
 
 
 def _euler_from_rotation(rot: np.ndarray) -> np.ndarray:
@@ -166,26 +195,63 @@ class _Targets:
     """Detected landmarks with their contour segments precomputed (fixed during a fit)."""
 
     points: np.ndarray  # (n, 2 P) point-landmark targets, row order
-    a: np.ndarray  # (n, S, M, 2) segment starts of each sliding landmark's detected contour
-    d: np.ndarray  # (n, S, M, 2) segment vectors
-    inv_dd: np.ndarray  # (n, S, M) 1 / |d|^2 (0 for degenerate segments)
-    normal: np.ndarray  # (n, S, M, 2) unit left normals
+    segments: list[np.ndarray]  # per group (7, n, S_g, M_g): ax, ay, dx, dy, 1/|d|^2, nx, ny
 
     def __len__(self) -> int:
         return len(self.points)
 
     def __getitem__(self, idx: np.ndarray) -> _Targets:
-        return _Targets(*(f[idx] for f in (self.points, self.a, self.d, self.inv_dd, self.normal)))
+        return _Targets(self.points[idx], [seg[:, idx] for seg in self.segments])
 
 
 def _targets(prob: _Problem, target: np.ndarray) -> _Targets:
     n = len(target)
-    a = target[:, prob.seg_a]  # (n, S, M, 2)
-    d = target[:, prob.seg_b] - a
-    dd = np.einsum("nsmc,nsmc->nsm", d, d)
-    inv_dd = np.where(dd > 1e-12, 1.0 / np.maximum(dd, 1e-12), 0.0)
-    normal = np.stack([-d[..., 1], d[..., 0]], -1) * np.sqrt(inv_dd)[..., None]
-    return _Targets(target[:, prob.points].reshape(n, -1), a, d, inv_dd, normal)
+    segments = []
+    for _, starts, ends in prob.groups:
+        a = target[:, starts]  # (n, S_g, M_g, 2)
+        d = target[:, ends] - a  # segment vectors
+        dd = d[..., 0] ** 2 + d[..., 1] ** 2
+        inv_dd = np.where(dd > 1e-12, 1.0 / np.maximum(dd, 1e-12), 0.0)
+        unit = np.sqrt(inv_dd)
+        # The unit left normal (-dy, dx) gives the point-to-curve distance its sign.
+        segments.append(
+            np.stack([a[..., 0], a[..., 1], d[..., 0], d[..., 1], inv_dd, -d[..., 1] * unit,
+                      d[..., 0] * unit])
+        )  # fmt: skip
+    return _Targets(target[:, prob.points].reshape(n, -1), segments)
+
+
+def _rotated_model(prob: _Problem, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The model's landmarks (Eq. 5) rotated into the camera frame, R x (n, 68, 3); R; axes."""
+    n = len(theta)
+    # One product per face (not one for the batch): a face's result must not depend on
+    # which faces share its batch, to the last bit.
+    x = prob.mean + (theta[:, None, POSE_DIM:] @ prob.basis_flat.T).reshape(n, 68, 3)
+    rot, axes = _rotation_and_axes(theta[:, :3])
+    return x @ rot.transpose(0, 2, 1), rot, axes
+
+
+def _point_to_curve(
+    p: np.ndarray, seg: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Signed distance of points p (n, S, 2) to their polylines (`_Targets.segments`), and
+    the offset (bx, by) from the nearest foot and the normal (nx, ny) of its segment."""
+    ax, ay, dx, dy, inv_dd, nx, ny = seg  # (n, S, M) each
+    ex = p[..., 0, None] - ax  # offsets from each segment start
+    ey = p[..., 1, None] - ay
+    t = ex * dx
+    t += ey * dy
+    t *= inv_dd
+    np.clip(t, 0.0, 1.0, out=t)
+    ex -= t * dx  # offsets from the foot on each segment
+    ey -= t * dy
+    dist2 = ex * ex
+    dist2 += ey * ey
+    n, s = dist2.shape[:2]
+    pick = (np.arange(n)[:, None], np.arange(s), dist2.argmin(-1))
+    bx, by, bnx, bny = ex[pick], ey[pick], nx[pick], ny[pick]  # (n, S) at the nearest segment
+    dist = np.sqrt(bx * bx + by * by)
+    return np.where(bx * bnx + by * bny < 0, -dist, dist), bx, by, bnx, bny
 
 
 def _evaluate(
@@ -194,83 +260,91 @@ def _evaluate(
     target: np.ndarray | _Targets,
     cams: np.ndarray,
     jacobian: bool,
-    coefficients: bool = True,
+    columns: str = "all",
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Data residuals (n, rows) and, if asked, their Jacobian (n, rows, 6 [+ K]).
+    """Data residuals (n, rows) and, if asked, their Jacobian (n, rows, cols): with respect
+    to all of theta (`columns="all"`, 6 + K), the LM's unknowns ("fit", `_Problem.unknowns`)
+    or the pose alone ("pose").
 
     theta (n, 6 + K); target (n, 68, 2) detected landmarks (or their `_Targets`); cams (n, 3).
+    The Jacobian is a view of a (rows, n, unknowns) array: each face's (rows, unknowns)
+    block is then written by one matrix product per residual row.
     """
     tg = target if isinstance(target, _Targets) else _targets(prob, target)
     n = len(theta)
-    pose, coef = theta[:, :POSE_DIM], theta[:, POSE_DIM:]
-    x = prob.mean + (coef @ prob.basis_flat.T).reshape(n, 68, 3)  # Eq. (5), model frame
-    rot, drot = _rotation_and_derivatives(pose[:, :3])
-    y = x @ rot.transpose(0, 2, 1) + pose[:, None, 3:6]  # (n, 68, 3) camera frame
+    rx, rot, axes = _rotated_model(prob, theta)  # (n, 68, 3)
+    y = rx + theta[:, None, 3:6]  # camera frame
     f, c = cams[:, None, 0], cams[:, None, 1:3]
     inv_z = 1.0 / y[..., 2]
     xy = y[..., :2] * inv_z[..., None]  # (n, 68, 2) normalised image coordinates
     proj = f[..., None] * xy + c  # (n, 68, 2) pixels
 
-    # Point landmarks: 2 rows each.
-    r_pts = proj[:, prob.points].reshape(n, -1) - tg.points
-    # Sliding landmarks: signed distance to the nearest segment of the detected polyline
-    # (Sec. III-C, point-to-curve).
-    p = proj[:, prob.sliding]  # (n, S, 2)
-    ex = p[:, :, None, 0] - tg.a[..., 0]  # (n, S, M) offsets from each segment start
-    ey = p[:, :, None, 1] - tg.a[..., 1]
-    dx, dy = tg.d[..., 0], tg.d[..., 1]
-    t = np.clip((ex * dx + ey * dy) * tg.inv_dd, 0.0, 1.0)
-    ex -= t * dx  # offset from the foot on each segment
-    ey -= t * dy
-    dist2 = ex * ex + ey * ey
-    best = np.argmin(dist2, axis=-1)[..., None]  # (n, S, 1)
-    e = np.stack([np.take_along_axis(ex, best, 2), np.take_along_axis(ey, best, 2)], -1)[:, :, 0]
-    normal = np.take_along_axis(tg.normal, best[..., None], 2)[:, :, 0]  # (n, S, 2)
-    dist = np.sqrt(np.take_along_axis(dist2, best, 2)[..., 0])  # (n, S)
-    sign = np.where(e[..., 0] * normal[..., 0] + e[..., 1] * normal[..., 1] < 0, -1.0, 1.0)
-    residual = np.concatenate([r_pts, sign * dist], 1)  # (n, rows)
+    # Point landmarks: 2 rows each; sliding landmarks: signed distance to the detected
+    # polyline (Sec. III-C, point-to-curve), group by group.
+    parts = [proj[:, prob.points].reshape(n, -1) - tg.points]
+    feet = []
+    for (members, _, _), seg in zip(prob.groups, tg.segments):
+        dist, *foot = _point_to_curve(proj[:, members], seg)
+        parts.append(dist)
+        feet.append((dist, *foot))
+    residual = np.concatenate(parts, 1)  # (n, rows)
     if not jacobian:
         return residual, None
 
-    # d residual / d (camera-frame point) per row: (n, rows, 3).
-    dproj = np.zeros((n, 68, 2, 3))
-    fz = f * inv_z  # (n, 68)
-    dproj[..., 0, 0] = fz
-    dproj[..., 1, 1] = fz
-    dproj[..., :, 2] = -fz[..., None] * xy
-    safe = dist > 1e-9
-    direction = np.where(
-        safe[..., None], sign[..., None] * e / np.where(safe, dist, 1.0)[..., None], normal
-    )  # (n, S, 2): d r_sl / d proj
-    g_sl = np.einsum("nsc,nscd->nsd", direction, dproj[:, prob.sliding])
-    g = np.concatenate([dproj[:, prob.points].reshape(n, -1, 3), g_sl], 1)  # (n, rows, 3)
+    # g = d residual / d (camera-frame point), rows first (rows, n, 3).
+    fz = (f * inv_z).T  # (68, n)
+    xz, yz = xy[..., 0].T, xy[..., 1].T
+    g = np.empty((prob.rows, n, 3))
+    npt = len(prob.points)
+    fz_p = fz[prob.points]
+    g[: 2 * npt : 2, :, 0] = fz_p  # u rows: f/z (1, 0, -x/z)
+    g[: 2 * npt : 2, :, 1] = 0.0
+    g[: 2 * npt : 2, :, 2] = -fz_p * xz[prob.points]
+    g[1 : 2 * npt : 2, :, 0] = 0.0  # v rows: f/z (0, 1, -y/z)
+    g[1 : 2 * npt : 2, :, 1] = fz_p
+    g[1 : 2 * npt : 2, :, 2] = -fz_p * yz[prob.points]
+    row = 2 * npt
+    for (members, _, _), (dist, bx, by, bnx, bny) in zip(prob.groups, feet):
+        # d distance / d projected point: the unit offset from the foot (the segment's
+        # normal when the point lies on the curve).
+        safe = np.abs(dist) > 1e-9
+        inv = 1.0 / np.where(safe, dist, 1.0)
+        ux, uy = np.where(safe, bx * inv, bnx).T, np.where(safe, by * inv, bny).T  # (S, n)
+        fz_s, end = fz[members], row + len(members)
+        g[row:end, :, 0] = fz_s * ux
+        g[row:end, :, 1] = fz_s * uy
+        g[row:end, :, 2] = -fz_s * (ux * xz[members] + uy * yz[members])
+        row = end
 
-    cols = POSE_DIM + (prob.k if coefficients else 0)
-    jac = np.empty((n, prob.rows, cols))
-    # Pose: d y / d angle_k = dR_k x, so the row is (g dR_k) . x; d y / d t = I.
-    xr = x[:, prob.row_landmark]  # (n, rows, 3)
+    basis = {"all": prob.basis_rows, "fit": prob.basis_fit, "pose": None}[columns]
+    cols = POSE_DIM + (0 if basis is None else basis.shape[-1])
+    jac = np.empty((prob.rows, n, cols))
+    # Pose: d y / d angle_k = axis_k x (R x), so the row is g . (axis_k x R x) =
+    # axis_k . (R x  x  g); d y / d t = I.
+    q = rx.transpose(1, 0, 2)[prob.row_landmark]  # (rows, n, 3)
+    cross = np.empty_like(g)
+    cross[..., 0] = q[..., 1] * g[..., 2] - q[..., 2] * g[..., 1]
+    cross[..., 1] = q[..., 2] * g[..., 0] - q[..., 0] * g[..., 2]
+    cross[..., 2] = q[..., 0] * g[..., 1] - q[..., 1] * g[..., 0]
     for k in range(3):
-        jac[..., k] = np.einsum("nra,nra->nr", g @ drot[:, k], xr)
+        jac[..., k] = (cross * axes[:, k]).sum(-1)
     jac[..., 3:6] = g
-    if coefficients:
-        # Coefficients: d y / d f = R B_i, so the row is (g R) B_i, one (1, 3) @ (3, K) per row.
-        w = g @ rot  # (n, rows, 3)
-        jac[..., POSE_DIM:] = (w[:, :, None, :] @ prob.basis_rows[None])[:, :, 0, :]
-    return residual, jac
+    if basis is not None:
+        # Coefficients: d y / d f = R B, so the row is (g R) B: per row a (n, 3) @ (3, K).
+        w = g[..., 0, None] * rot[:, 0] + g[..., 1, None] * rot[:, 1] + g[..., 2, None] * rot[:, 2]
+        np.einsum("rna,rak->rnk", w, basis, out=jac[..., POSE_DIM:])  # (rows, n, K)
+    return residual, jac.transpose(1, 0, 2)
 
 
 def _energy(prob: _Problem, theta: np.ndarray, residual: np.ndarray) -> np.ndarray:
     coef = theta[:, POSE_DIM:]
-    return np.einsum("nr,nr->n", residual, residual) + (coef * coef) @ prob.reg
+    return np.einsum("nr,nr->n", residual, residual) + np.einsum("nk,k->n", coef * coef, prob.reg)
 
 
 def _rmse(prob: _Problem, theta: np.ndarray, target: np.ndarray, cams: np.ndarray) -> np.ndarray:
     """Plain point-to-point RMSE over the 68 landmarks, pixels."""
-    n = len(theta)
-    pose, coef = theta[:, :POSE_DIM], theta[:, POSE_DIM:]
-    x = prob.mean + (coef @ prob.basis_flat.T).reshape(n, 68, 3)
-    rot, _ = _rotation_and_derivatives(pose[:, :3])
-    y = x @ rot.transpose(0, 2, 1) + pose[:, None, 3:6]
+    rx, _, _ = _rotated_model(prob, theta)
+    y = rx + theta[:, None, 3:6]
     proj = cams[:, None, :1] * y[..., :2] / y[..., 2:3] + cams[:, None, 1:3]
     return np.sqrt(np.mean(np.sum((proj - target) ** 2, -1), -1))
 
@@ -290,75 +364,250 @@ def _initial_pose(prob: _Problem, target: np.ndarray, cams: np.ndarray) -> np.nd
     return np.c_[_euler_from_rotation(rot), txy, tz]
 
 
-# -- Levenberg-Marquardt -------------------------------------------------------------------------
-def _lm(
+# -- the box-constrained Levenberg-Marquardt step ------------------------------------------------
+def _solve_free(s_mat: np.ndarray, rhs: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """Solve s_mat[F, F] x_F = rhs_F for each face's free set F; x = 0 elsewhere (the rows
+    and columns outside F become the identity)."""
+    m = s_mat * (free[:, :, None] & free[:, None, :])
+    np.einsum("nii->ni", m)[...] += ~free
+    return np.linalg.solve(m, (rhs * free)[..., None])[..., 0]
+
+
+def _box_qp(
+    s_mat: np.ndarray,
+    s_vec: np.ndarray,
+    room_lo: np.ndarray,
+    room_hi: np.ndarray,
+    hint: np.ndarray,
+    passes: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """min s.d + d.S.d / 2 subject to room_lo <= d <= room_hi (room_lo <= 0 <= room_hi) for
+    a batch of SPD S (the expression block's Schur complement), by an active set.
+
+    A variable at a bound starts pinned there if `hint` (its last active set) says so or its
+    gradient pushes outwards. The first pass pins every free variable that leaves the box
+    at the bound it crosses and frees every pinned one whose multiplier wants it back
+    inside; later passes only pin, so the loop ends with a feasible d. Returns d and the
+    final active set.
+    """
+    n, p = s_vec.shape
+    pinned = ((room_lo >= 0) & (hint | (s_vec > 0))) | ((room_hi <= 0) & (hint | (s_vec < 0)))
+    value = np.zeros((n, p))  # step of each pinned variable: to its bound
+    d = np.zeros((n, p))
+    todo = np.arange(n)
+    for it in range(passes):
+        if it == 0:
+            sm, pin, val, lo, hi = s_mat, pinned, value, room_lo, room_hi
+        else:
+            sm, pin, val = s_mat[todo], pinned[todo], value[todo]
+            lo, hi = room_lo[todo], room_hi[todo]
+        fixed = val * pin
+        rhs = -(s_vec[todo] + (sm @ fixed[..., None])[..., 0])
+        step = _solve_free(sm, rhs, ~pin) + fixed
+        d[todo] = step
+        below, above = ~pin & (step < lo - LEAVE_TOL), ~pin & (step > hi + LEAVE_TOL)
+        changed = below | above
+        now_pinned = pin | changed
+        if it == 0:
+            mult = (sm @ step[..., None])[..., 0] + s_vec
+            worth = mult * mult > 2.0 * RELEASE_GAIN * np.einsum("nii->ni", sm)
+            back = pin & worth & (((val <= lo) & (mult < 0)) | ((val >= hi) & (mult > 0)))
+            now_pinned &= ~back
+            changed |= back
+        pinned[todo] = now_pinned
+        value[todo] = np.where(below, lo, np.where(above, hi, val))
+        todo = todo[changed.any(1)]
+        if len(todo) == 0:
+            break
+    return np.clip(d, room_lo, room_hi), pinned
+
+
+def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Batched SPD solve; a batch LAPACK calls singular (an exactly degenerate face) is
+    retried with a small ridge, which only damps those faces' steps."""
+    try:
+        return np.linalg.solve(a, b)
+    except np.linalg.LinAlgError:
+        ridge = 1e-9 * np.abs(np.einsum("nii->ni", a)).max(1)[:, None, None] + 1e-12
+        return np.linalg.solve(a + ridge * np.eye(a.shape[-1]), b)
+
+
+def _eliminate(
+    a: np.ndarray,
+    b: np.ndarray,
+    c: np.ndarray,
+    g_a: np.ndarray,
+    g_c: np.ndarray,
+    room_lo: np.ndarray,
+    room_hi: np.ndarray,
+    hint: np.ndarray,
+    passes: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Solve [[A, B], [B^T, C]] [d_a; d_c] = -[g_a; g_c] with a box on d_c only: eliminate
+    the unbounded block, A^-1 [B g_a] in one solve, then `_box_qp` on the Schur complement
+    S = C - B^T A^-1 B. Returns [d_a, d_c] and the active set of d_c."""
+    xy = _solve(a, np.concatenate([b, g_a[..., None]], 2))  # (n, m, k + 1)
+    x, y = xy[..., :-1], xy[..., -1]
+    if c.shape[-1] == 0:
+        return -y, hint
+    s_mat = c - b.transpose(0, 2, 1) @ x  # (n, k, k)
+    s_vec = g_c - (g_a[:, None, :] @ x)[:, 0]
+    d_c, active = _box_qp(s_mat, s_vec, room_lo, room_hi, hint, passes)
+    d_a = -(y + (x @ d_c[..., None])[..., 0])
+    return np.concatenate([d_a, d_c], 1), active
+
+
+def _lm_step(
+    jac: np.ndarray,
+    res: np.ndarray,
+    vars_: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    reg: np.ndarray,
+    mu: np.ndarray,
+    ridge: float,
+    q: int,
+    hint: np.ndarray,
+    passes: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The box-constrained LM step of a batch of faces: solve
+        (J^T J + diag(reg) + mu diag(J^T J) + ridge I_coef) step = -(J^T r + reg * vars)
+    with lo <= vars + step <= hi (`_eliminate`). While no shape coefficient is at or
+    crosses its bound, pose and shape (the first q unknowns) are eliminated and the bounds
+    f_exp in [0, 1] are met on the expression block's N_e x N_e Schur complement; a face
+    whose shape does reach [-3, 3] is solved again with only the pose eliminated and the
+    bounds met on all coefficients. `hint` and the returned active set cover the
+    coefficients (n, p - 6).
+    """
+    n, p = vars_.shape
+    grad = (res[:, None, :] @ jac)[:, 0] + reg * vars_  # (n, p), half the gradient
+    top = jac[..., :q].transpose(0, 2, 1) @ jac  # (n, q, p): [A B]
+    c = jac[..., q:].transpose(0, 2, 1) @ jac[..., q:]  # (n, Ne, Ne)
+    ridge_p = np.r_[np.zeros(POSE_DIM), np.full(q - POSE_DIM, ridge)]
+    for block, r, extra in ((top[..., :q], reg[:q], ridge_p), (c, reg[q:], ridge)):
+        diag = np.einsum("nii->ni", block)  # a view: the damping goes in place
+        floor = 1e-9 * diag.max(1, keepdims=True) + 1e-12 if r.size else 0.0
+        diag += r + extra + mu[:, None] * np.maximum(diag, floor)
+    room_lo, room_hi = lo - vars_, hi - vars_
+    step, active = np.empty((n, p)), hint.copy()
+    shape = slice(POSE_DIM, q)
+    at_bound = ((room_lo[:, shape] >= 0) | (room_hi[:, shape] <= 0)).any(1)
+    fast = np.flatnonzero(~at_bound)
+    if len(fast):
+        d, act = _eliminate(
+            top[fast, :, :q], top[fast, :, q:], c[fast], grad[fast, :q], grad[fast, q:],
+            room_lo[fast, q:], room_hi[fast, q:], hint[fast, q - POSE_DIM :], passes,
+        )  # fmt: skip
+        step[fast], active[fast, q - POSE_DIM :] = d, act
+        active[fast, : q - POSE_DIM] = False
+        crossed = (d[:, shape] < room_lo[fast, shape] - LEAVE_TOL) | (
+            d[:, shape] > room_hi[fast, shape] + LEAVE_TOL
+        )
+        at_bound[fast] = crossed.any(1)
+    full = np.flatnonzero(at_bound)
+    if len(full):
+        # Whole Gram of these faces, then only the pose eliminated.
+        gram = np.empty((len(full), p, p))
+        gram[:, :q] = top[full]
+        gram[:, q:, :q] = top[full, :, q:].transpose(0, 2, 1)
+        gram[:, q:, q:] = c[full]
+        d, act = _eliminate(
+            gram[:, :POSE_DIM, :POSE_DIM], gram[:, :POSE_DIM, POSE_DIM:],
+            gram[:, POSE_DIM:, POSE_DIM:], grad[full, :POSE_DIM], grad[full, POSE_DIM:],
+            room_lo[full, POSE_DIM:], room_hi[full, POSE_DIM:], hint[full], passes,
+        )  # fmt: skip
+        step[full], active[full] = d, act
+    return step, active
+
+
+def _levenberg_marquardt(
     prob: _Problem,
     theta: np.ndarray,
-    target: np.ndarray,
+    target: _Targets,
     cams: np.ndarray,
     *,
     max_iter: int,
     tol: float,
-    coefficients: bool,
-    passes: int = 3,
+    pose_only: bool,
+    passes: int = 4,
+    energy: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Projected LM over a batch; returns theta, energy, converged, iterations."""
-    target = _targets(prob, target)  # the detected contours, once per fit
+    """Projected LM over a batch; returns theta, energy, converged, iterations. `energy` is
+    E(theta) when the caller already has it.
+
+    A face is converged when an accepted step lowers its energy by less than
+    tol * max(E, 1 px^2), or when no step lowers it even with heavy damping.
+    """
     n = len(theta)
     theta = theta.copy()
-    p = POSE_DIM + (prob.k if coefficients else 0)
-    lo, hi = prob.lo[:p], prob.hi[:p]
-    reg = np.r_[np.zeros(POSE_DIM), prob.reg][:p]
-    res, _ = _evaluate(prob, theta, target, cams, jacobian=False)
-    energy = _energy(prob, theta, res)
-    mu = np.full(n, 1e-3)
+    cols = prob.unknowns[:POSE_DIM] if pose_only else prob.unknowns
+    columns = "pose" if pose_only else "fit"
+    q = min(len(cols), prob.pose_shape)
+    lo, hi = prob.lo[cols], prob.hi[cols]
+    reg = np.r_[np.zeros(POSE_DIM), prob.reg][cols]
+    if energy is None:
+        res, _ = _evaluate(prob, theta, target, cams, jacobian=False)
+        energy = _energy(prob, theta, res)
+    energy = energy.copy()
+    # Coefficients outside this LM (all of them in the pose-only phase) keep their share of
+    # the regulariser fixed.
+    outside = np.setdiff1d(np.arange(POSE_DIM, theta.shape[1]), cols)
+    reg_all = np.r_[np.zeros(POSE_DIM), prob.reg]
+    fixed_reg = np.einsum("nk,k->n", theta[:, outside] ** 2, reg_all[outside])
+    mu = np.full(n, 1e-9)
     converged = np.zeros(n, bool)
     iterations = np.zeros(n, np.int64)
     alive = np.flatnonzero(np.isfinite(energy))
-    eye = np.eye(p, dtype=bool)
-    for _ in range(max_iter):
+    active = np.zeros((n, len(cols) - POSE_DIM), bool)  # the coefficients' active set
+    for it in range(max_iter):
         if len(alive) == 0:
             break
-        th, tg, cm = theta[alive], target[alive], cams[alive]
-        res, jac = _evaluate(prob, th, tg, cm, jacobian=True, coefficients=coefficients)
-        vars_ = th[:, :p]
-        grad = np.einsum("nrp,nr->np", jac, res) + reg * vars_  # (m, p), half the gradient
-        hess = jac.transpose(0, 2, 1) @ jac  # (m, p, p)
-        hess[:, eye] += reg
-        # Active set: variables on a bound whose gradient pushes outside stay fixed.
-        active = ((vars_ <= lo + 1e-12) & (grad > 0)) | ((vars_ >= hi - 1e-12) & (grad < 0))
-        diag = np.diagonal(hess, axis1=1, axis2=2).copy()
-        damp = mu[alive, None] * np.maximum(diag, 1e-9 * diag.max(1, keepdims=True) + 1e-12)
-        hess[:, eye] += damp
-        # Projected step: solve for the free variables, pin the ones that would leave the
-        # box at the bound they hit, re-solve for the rest (a few active-set passes).
-        fixed_step = np.zeros_like(grad)
-        for _ in range(passes):
-            free = ~active
-            rhs = -(grad + (hess @ fixed_step[..., None])[..., 0]) * free
-            h = hess * (free[:, :, None] & free[:, None, :])
-            h[:, eye] += active
-            step = np.linalg.solve(h, rhs[..., None])[..., 0] + fixed_step
-            target_vars = vars_ + step
-            hit = free & ((target_vars < lo) | (target_vars > hi))
-            if not hit.any():
-                break
-            fixed_step = np.where(hit, np.clip(target_vars, lo, hi) - vars_, fixed_step)
-            active = active | hit
-        new = th.copy()
-        new[:, :p] = np.clip(vars_ + step, lo, hi)
-        new_res, _ = _evaluate(prob, new, tg, cm, jacobian=False)
-        new_energy = _energy(prob, new, new_res)
+        if len(alive) == n:
+            th, tg, cm = theta, target, cams
+        else:
+            th, tg, cm = theta[alive], target[alive], cams[alive]
+        res, jac = _evaluate(prob, th, tg, cm, jacobian=True, columns=columns)
+        vars_ = th[:, cols]
+        ridge = COEF_DAMPING[0] * COEF_DAMPING[1] ** it
+        step, active[alive] = _lm_step(
+            jac, res, vars_, lo, hi, reg, mu[alive], ridge, q, active[alive], passes
+        )
+
+        # Backtrack along the projected step; keep the first fraction that lowers E.
         old = energy[alive]
-        better = np.isfinite(new_energy) & (new_energy < old)
+        new_th = th.copy()
+        new_th[:, cols] = np.clip(vars_ + step, lo, hi)
+        r_new, _ = _evaluate(prob, new_th, tg, cm, jacobian=False)
+        new_energy = _energy(prob, new_th, r_new)
+        # Gain ratio of the (projected) full step: the actual decrease of E over the one
+        # its linearisation predicts; it steers the damping.
+        new_vars = new_th[:, cols]
+        lin = res + (jac @ (new_vars - vars_)[..., None])[..., 0]
+        predicted = old - np.einsum("nr,nr->n", lin, lin) - np.einsum("np,p->n", new_vars**2, reg)
+        predicted -= fixed_reg[alive]
+        gain = (old - new_energy) / np.maximum(predicted, 1e-300)
+        full_step = new_energy < old
+        pending = np.flatnonzero(~full_step)
+        for frac in STEP_FRACTIONS[1:]:
+            if len(pending) == 0:
+                break
+            trial = th[pending]
+            trial[:, cols] = np.clip(vars_[pending] + frac * step[pending], lo, hi)
+            r_trial, _ = _evaluate(prob, trial, tg[pending], cm[pending], jacobian=False)
+            e_trial = _energy(prob, trial, r_trial)
+            ok = e_trial < old[pending]
+            new_th[pending[ok]], new_energy[pending[ok]] = trial[ok], e_trial[ok]
+            pending = pending[~ok]
+        better = new_energy < old  # False for NaN
         iterations[alive] += 1
         acc = alive[better]
-        theta[acc] = new[better]
-        energy[acc] = new_energy[better]
-        mu[acc] = np.maximum(mu[acc] * 0.2, 1e-9)
-        rej = alive[~better]
-        mu[rej] *= 8.0
-        small = better & (old - new_energy <= tol * np.maximum(old, 1e-12))
+        theta[acc], energy[acc] = new_th[better], new_energy[better]
+        # Damping: down when the model predicted the full step well, up when it did not,
+        # more when only a fraction of the step (or none) lowered E.
+        factor = np.where(gain > 0.75, 0.1, np.where(gain < 0.25, 10.0, 1.0))
+        factor = np.where(full_step, factor, np.where(better, 10.0, 100.0))
+        mu[alive] = np.maximum(mu[alive] * factor, 1e-12)
+        small = better & (old - new_energy <= tol * np.maximum(new_energy, 1.0))
         stuck = ~better & (mu[alive] > 1e4)  # damped to a tiny gradient step: no progress left
         done = small | stuck
         converged[alive[done]] = True
@@ -388,9 +637,16 @@ def _fit(
         th[bad, :POSE_DIM] = _initial_pose(prob, tg[bad], cm[bad])
     else:
         th[:, :POSE_DIM] = _initial_pose(prob, tg, cm)
+    th[:, prob.still] = 0.0  # coefficients that move no landmark: 0 minimises E
+    targets = _targets(prob, tg)  # the detected contours, once per fit
+    energy = None
     if pose_iter > 0:
-        th, _, _, _ = _lm(prob, th, tg, cm, max_iter=pose_iter, tol=tol, coefficients=False)
-    return _lm(prob, th, tg, cm, max_iter=max_iter, tol=tol, coefficients=True)
+        th, energy, _, _ = _levenberg_marquardt(
+            prob, th, targets, cm, max_iter=pose_iter, tol=tol, pose_only=True
+        )
+    return _levenberg_marquardt(
+        prob, th, targets, cm, max_iter=max_iter, tol=tol, pose_only=False, energy=energy
+    )
 
 
 def fit_landmarks(
@@ -398,22 +654,23 @@ def fit_landmarks(
     landmarks: np.ndarray,
     camera: Camera | Sequence[Camera],
     *,
-    max_iter: int = 40,
+    max_iter: int = 20,
     reg_shape: float = 1e-4,
     reg_expression: float = 1e-4,
     init: FitResult | None = None,
     tol: float = 1e-3,
     bounded: bool = True,
-    pose_iter: int = 10,
+    pose_iter: int = 2,
     max_rmse_fraction: float = 0.1,
 ) -> FitResult:
     """Fit pose, f_s and f_exp to B faces' 68 landmarks (B, 68, 2) at once (Sec. III-C).
 
     `camera` is one Camera for all faces or one per face. `init` starts from a previous
-    result (e.g. the last video frame). A fit is `converged` when its energy stopped
-    decreasing (relative change below `tol`) within `max_iter` LM iterations, every value is
-    finite, and its RMSE is below `max_rmse_fraction` of the landmarks' bounding-box
-    diagonal; faces with non-finite landmarks come back unconverged with NaN results.
+    result (e.g. the last video frame). A fit is `converged` when an LM step lowered its
+    energy by less than `tol` * max(energy, 1 px^2) (or no step could lower it) within
+    `max_iter` iterations, every value is finite, and its RMSE is below `max_rmse_fraction`
+    of the landmarks' bounding-box diagonal; faces with non-finite landmarks come back
+    unconverged with NaN results.
     """
     target = np.asarray(landmarks, np.float64)
     if target.ndim == 2:
@@ -428,21 +685,20 @@ def fit_landmarks(
     energy = np.full(n, np.nan)
     converged = np.zeros(n, bool)
     iterations = np.zeros(n, np.int64)
-    idx = np.flatnonzero(ok)
-    if len(idx):
-        with _single_threaded_blas():
+    rmse = np.full(n, np.nan)
+    extent = np.full(n, np.nan)
+    idx_all = np.flatnonzero(ok)
+    with _single_threaded_blas():
+        for start in range(0, len(idx_all), CHUNK):  # chunks of faces, each one batched solve
+            idx = idx_all[start : start + CHUNK]
             th, en, conv, its = _fit(
                 prob, target[idx], cams[idx], init, idx, pose_iter, max_iter, tol
             )
-        theta[idx], energy[idx], converged[idx], iterations[idx] = th, en, conv, its
-    rmse = np.full(n, np.nan)
-    if len(idx):
-        rmse[idx] = _rmse(prob, theta[idx], target[idx], cams[idx])
+            theta[idx], energy[idx], converged[idx], iterations[idx] = th, en, conv, its
+            rmse[idx] = _rmse(prob, th, target[idx], cams[idx])
+            span = target[idx].max(1) - target[idx].min(1)
+            extent[idx] = np.hypot(span[:, 0], span[:, 1])
     finite = np.isfinite(theta).all(1) & np.isfinite(energy) & np.isfinite(rmse)
-    extent = np.full(n, np.nan)
-    if len(idx):
-        span = target[idx].max(1) - target[idx].min(1)
-        extent[idx] = np.hypot(span[:, 0], span[:, 1])
     with np.errstate(invalid="ignore"):
         plausible = rmse <= max_rmse_fraction * extent
     converged &= finite & plausible
@@ -495,15 +751,17 @@ class FaceResidual:
         reg_expression: float = 1e-4,
     ) -> None:
         self.prob = _Problem(model, reg_shape, reg_expression, bounded=False)
-        self.target = np.asarray(landmarks, np.float64).reshape(1, 68, 2)
+        target = np.asarray(landmarks, np.float64).reshape(1, 68, 2)
+        self.target = _targets(self.prob, target)
         self.cams = _cameras(camera, 1)
         self.sqrt_reg = np.sqrt(self.prob.reg)
         self.size = POSE_DIM + self.prob.k
+        self._raw = target
 
     def initial(self) -> np.ndarray:
         """Start point: scaled-orthographic pose of the mean shape, zero coefficients."""
         theta = np.zeros(self.size)
-        theta[:POSE_DIM] = _initial_pose(self.prob, self.target, self.cams)[0]
+        theta[:POSE_DIM] = _initial_pose(self.prob, self._raw, self.cams)[0]
         return theta
 
     def residual(self, theta: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ import pytest
 from glee.face.camera import Camera, project, rotation_matrix
 from glee.face.default_model import default_model, landmark_moving_expressions
 from glee.face.fitting import (
-    _rotation_and_derivatives,
+    _rotation_and_axes,
     fit_energy,
     fit_landmarks,
     fit_residuals_and_jacobian,
@@ -89,14 +89,17 @@ def test_point_to_curve_lets_contour_points_slide():
 
 def test_rotation_derivatives_and_jacobian_match_finite_differences():
     angles = np.array([[0.3, -0.2, 0.1], [-0.4, 0.35, -0.25]])
-    rot, drot = _rotation_and_derivatives(angles)
+    rot, axes = _rotation_and_axes(angles)
     np.testing.assert_allclose(rot, rotation_matrix(*angles.T), atol=1e-12)
     h = 1e-6
-    for k in range(3):
+    for k in range(3):  # dR / d angle_k = [axis_k]x R
         d = np.zeros(3)
         d[k] = h
         num = (rotation_matrix(*(angles + d).T) - rotation_matrix(*(angles - d).T)) / (2 * h)
-        np.testing.assert_allclose(drot[:, k], num, atol=1e-8)
+        ax, ay, az = axes[:, k].T
+        zero = np.zeros_like(ax)
+        skew = np.stack([zero, -az, ay, az, zero, -ax, -ay, ax, zero], -1).reshape(-1, 3, 3)
+        np.testing.assert_allclose(skew @ rot, num, atol=1e-8)
 
     model = default_model()
     uv, pose, shape, expr = synthetic_faces(model, 1, seed=3)
