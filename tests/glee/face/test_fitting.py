@@ -1,4 +1,5 @@
-"""3DMM landmark fitting (Sec. III-C): recovery, point-to-curve energy, batching, failures."""
+"""3DMM landmark fitting (Sec. III-C): recovery, optimality, bounds, point-to-curve energy,
+batching, warm starts, failures."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 from glee.face.camera import Camera, project, rotation_matrix
 from glee.face.default_model import default_model, landmark_moving_expressions
 from glee.face.fitting import (
+    _box_qp,
     _rotation_and_axes,
     fit_energy,
     fit_landmarks,
@@ -54,6 +56,66 @@ def test_noise_free_recovery(fitted):
     assert np.abs(est - true).mean() < 0.03
     assert np.corrcoef(est, true)[0, 1] > 0.95
     assert (res.expression >= 0).all() and (res.expression <= 1).all()
+
+
+def test_fit_reaches_an_energy_below_the_truths(fitted):
+    """The true coefficients are feasible, so a fit that stops above their energy has not
+    converged (e.g. a broken step or active set); noise-free it should take a few steps."""
+    model, uv, pose, shape, expr, res = fitted
+    truth = fit_energy(model, uv, CAM, pose, shape, expr)
+    assert (res.energy <= truth).all()
+    assert res.converged.all() and res.iterations.max() <= 8
+    # Landmark-moving blendshapes off in the truth stay near 0 (the bound is active).
+    moving = [model.expression_index(n) for n in landmark_moving_expressions(model)]
+    off = expr[:, moving] == 0
+    assert np.median(res.expression[:, moving][off]) == 0.0
+
+
+@pytest.mark.parametrize("sigma", [1.0, 2.0])
+def test_noisy_fit_beats_the_truths_energy_inside_the_bounds(sigma):
+    """With noisy landmarks the fit drives shape coefficients to [-3, 3] (the energy's
+    regulariser is tiny): the bounded steps must still converge below the truth's energy."""
+    model = default_model()
+    uv, pose, shape, expr = synthetic_faces(model, 12, seed=5)
+    noisy = uv + np.random.default_rng(6).normal(0, sigma, uv.shape)
+    res = fit_landmarks(model, noisy, CAM)
+    truth = fit_energy(model, noisy, CAM, pose, shape, expr)
+    assert (res.energy <= truth).all()
+    assert res.converged.mean() >= 0.9
+    assert (np.abs(res.shape) <= 3).all()
+    assert ((res.expression >= 0) & (res.expression <= 1)).all()
+    assert (np.abs(res.shape) == 3).sum() >= 12  # the shape bounds were active
+
+
+def test_warm_start_from_the_previous_frame(fitted):
+    model, uv, _, _, _, res = fitted
+    again = fit_landmarks(model, uv, CAM, init=res)
+    assert (again.iterations == 1).all() and again.converged.all()
+    assert (again.energy <= res.energy + 1e-9).all()
+
+
+def test_box_qp_returns_the_constrained_minimum_given_its_active_set():
+    """Problems built from their KKT conditions: d* with some coordinates at a bound whose
+    multiplier pushes outwards. Told that active set, one solve must give d* exactly."""
+    rng = np.random.default_rng(0)
+    n, p = 50, 8
+    j = rng.normal(size=(n, 12, p))
+    s_mat = j.transpose(0, 2, 1) @ j + 0.01 * np.eye(p)
+    lo, hi = -rng.uniform(0, 1, (n, p)), rng.uniform(0, 1, (n, p))
+    side = rng.integers(0, 3, (n, p))  # 0 free, 1 at lo, 2 at hi
+    side[:, 0] = 0
+    lo = np.where(side == 1, 0.0, lo)  # a variable at its lower bound: no room below
+    hi = np.where(side == 2, 0.0, hi)
+    d_star = np.where(side == 0, rng.uniform(lo / 2, hi / 2), 0.0)
+    mult = np.where(side == 1, rng.uniform(0.1, 1, (n, p)), 0.0)
+    mult = np.where(side == 2, -rng.uniform(0.1, 1, (n, p)), mult)
+    s_vec = mult - (s_mat @ d_star[..., None])[..., 0]  # KKT: S d* + s = multipliers
+    d, active = _box_qp(s_mat, s_vec, lo, hi, side > 0, passes=4)
+    np.testing.assert_allclose(d, d_star, atol=1e-9)
+    np.testing.assert_array_equal(active, side > 0)
+    # Without the hint it still returns a point inside the box.
+    d, _ = _box_qp(s_mat, s_vec, lo, hi, np.zeros((n, p), bool), passes=4)
+    assert (d >= lo).all() and (d <= hi).all()
 
 
 def test_energy_is_hand_computable():
@@ -167,3 +229,22 @@ def test_any_npz_model(tmp_path):
     res = fit_landmarks(loaded, uv, CAM)
     assert res.shape.shape == (6, 8) and res.expression.shape == (6, 5)
     assert res.rmse.max() < 1.0
+
+
+def test_a_blendshape_that_moves_no_landmark_stays_at_zero():
+    """Its coefficient only meets the regulariser: 0 is the optimum, whatever the init."""
+    base = default_model()
+    lm = base.landmark_subset()
+    expression = np.concatenate([lm.expression_basis, np.zeros((1, 68, 3), np.float32)])
+    model = MorphableModel(
+        mean=lm.mean,
+        shape_basis=lm.shape_basis,
+        expression_basis=expression,
+        expression_names=[*lm.expression_names, "shading_only"],
+        landmark_index=np.arange(68),
+    )
+    uv, *_ = synthetic_faces(model, 4, seed=9)
+    res = fit_landmarks(model, uv, CAM)
+    assert (res.expression[:, -1] == 0).all() and res.rmse.max() < 1.0
+    res.expression[:, -1] = 0.7
+    assert (fit_landmarks(model, uv, CAM, init=res).expression[:, -1] == 0).all()
