@@ -38,6 +38,7 @@ refined by a few pose-only steps.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -70,15 +71,24 @@ class FitResult:
     iterations: np.ndarray  # (B,) LM iterations over all unknowns
 
 
+@functools.cache
+def _blas_pools():  # noqa: ANN202 - a threadpoolctl controller, or None without it
+    """Scanning the loaded libraries costs ~40 ms: once per process, not once per call."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # optional: without it BLAS keeps its own thread count
+        return None
+    return ThreadpoolController()
+
+
 @contextlib.contextmanager
 def _single_threaded_blas() -> Iterator[None]:
     """Batched small solves lose to thread start-up and contention: run BLAS on one thread."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # optional: without it BLAS keeps its own thread count
+    pools = _blas_pools()
+    if pools is None:
         yield
         return
-    with threadpool_limits(limits=1, user_api="blas"):
+    with pools.limit(limits=1, user_api="blas"):
         yield
 
 
