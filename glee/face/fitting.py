@@ -13,26 +13,28 @@ along the curve). Both regularisers default to the paper's 1e-4.
 
 Residual vector (what `fit_residuals_and_jacobian` returns, ||r||^2 = E):
     [u - u*, v - v*] for each point landmark, in landmark order       (2 rows each)
-    signed distance to the detected polyline for each sliding landmark (1 row each, contour
-        by contour)
+    signed distance to the detected polyline for each sliding landmark (1 row each, grouped
+        by the polyline's number of segments)
     sqrt(reg_shape) f_s, sqrt(reg_expression) f_exp
 
-Solver: Levenberg-Marquardt with analytic Jacobians, vectorised over a chunk of faces (no
-loop per face). The model landmarks are linear in f_s and f_exp once the pose is fixed, so
-their Jacobian columns are the bases seen through the projection's derivative, one
-(chunk, 3) x (3, K) product per residual row. Each iteration solves the normal equations
-    (J^T J + diag(reg) + mu diag(J^T J)) step = -(J^T r + reg * coefficients)
-by elimination: pose and shape (6 + N_s, dense, solved once) are eliminated, which leaves an
-N_e x N_e Schur complement for the expression block. The bounds f_exp in [0, 1] are met
-there by an active-set loop (pin a coefficient that leaves the box at the bound it hits,
-free a pinned one whose multiplier changed sign; each pass is a small solve over the free
-expression coefficients only), so one factorisation per iteration gives the box-constrained
-step. Shape coefficients outside [-3, 3] are clipped, and held at the bound in the next
-iteration while their gradient pushes outwards. The damping mu starts near zero (a plain
-Gauss-Newton step, which converges in a handful of iterations here) and grows tenfold
-whenever the step and its backtracked fractions all fail to lower the energy. Initial pose:
-a scaled-orthographic fit of the mean shape (closed form, one shared pseudo-inverse),
-refined by a few pose-only steps.
+Solver: Levenberg-Marquardt with analytic Jacobians, vectorised over chunks of faces (no
+loop per face). Given the pose, the model landmarks are linear in f_s and f_exp, so their
+Jacobian columns are the bases seen through the projection's derivative, written for all
+faces of a chunk at once, residual row by residual row. Each iteration solves
+
+    (J^T J + diag(reg) + mu diag(J^T J) + ridge I) step = -(J^T r + reg * coefficients)
+
+by block elimination: pose and shape (6 + N_s) are eliminated with one solve per face,
+which leaves the N_e x N_e Schur complement of the expression block, on which a short
+active-set loop meets f_exp in [0, 1] (`_box_qp`); a face whose shape reaches [-3, 3] is
+solved again with only the pose eliminated and the bounds met on all coefficients. The
+step is projected onto the box and backtracked if it does not lower E; the gain ratio
+(actual over predicted decrease) steers mu, which starts at 1e-9 (plain Gauss-Newton
+steps, 3-5 iterations on noise-free landmarks). The identity damping `ridge` on the
+coefficients starts at 1e-2 and shrinks 30-fold per iteration (`COEF_DAMPING`). Initial
+pose: a scaled-orthographic fit of the mean shape (closed form, one shared
+pseudo-inverse), refined by two pose-only steps. Every product is per face, so a face's
+fit does not depend on the faces batched with it.
 """
 
 from __future__ import annotations
@@ -72,8 +74,9 @@ class FitResult:
 
 
 @functools.cache
-def _blas_pools():  # noqa: ANN202 - a threadpoolctl controller, or None without it
-    """Scanning the loaded libraries costs ~40 ms: once per process, not once per call."""
+def _blas_pools() -> object | None:
+    """A threadpoolctl controller (None without threadpoolctl). Scanning the loaded
+    libraries costs ~40 ms: once per process, not once per call."""
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:  # optional: without it BLAS keeps its own thread count
@@ -277,8 +280,9 @@ def _evaluate(
     or the pose alone ("pose").
 
     theta (n, 6 + K); target (n, 68, 2) detected landmarks (or their `_Targets`); cams (n, 3).
-    The Jacobian is a view of a (rows, n, unknowns) array: each face's (rows, unknowns)
-    block is then written by one matrix product per residual row.
+    The Jacobian is a view of a (rows, n, cols) array, filled residual row by residual row
+    for all faces at once; each face's (rows, cols) block is still a strided matrix that
+    BLAS reads without a copy.
     """
     tg = target if isinstance(target, _Targets) else _targets(prob, target)
     n = len(theta)
@@ -395,10 +399,13 @@ def _box_qp(
     a batch of SPD S (the expression block's Schur complement), by an active set.
 
     A variable at a bound starts pinned there if `hint` (its last active set) says so or its
-    gradient pushes outwards. The first pass pins every free variable that leaves the box
-    at the bound it crosses and frees every pinned one whose multiplier wants it back
-    inside; later passes only pin, so the loop ends with a feasible d. Returns d and the
-    final active set.
+    gradient pushes outwards. Each pass solves for the free variables with the pinned ones
+    at their bounds. The first pass then pins every free variable that leaves the box at
+    the bound it crosses and frees every pinned one whose multiplier wants it back inside
+    (if that lowers the model by more than RELEASE_GAIN); later passes only pin. After
+    `passes` passes d is clipped to the box: the exact minimum once the active set has
+    settled, a feasible step otherwise (the LM's backtracking guards the rest). Returns d
+    and the final active set.
     """
     n, p = s_vec.shape
     pinned = ((room_lo >= 0) & (hint | (s_vec > 0))) | ((room_hi <= 0) & (hint | (s_vec < 0)))
