@@ -285,7 +285,7 @@ def _ensure_ray(num_cpus: int | None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()  # a cluster: `ray job submit` or RAY_ADDRESS set by the user
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
 
 
 def _pool_size(num_cpus: int | None) -> int:

@@ -24,7 +24,15 @@ def start_local_ray() -> None:
     """The test session's Ray: two CPUs on this machine, no dashboard, quiet driver."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # address="local": a bare init would join a cluster another `ray start` on this machine
+    # registered in /tmp/ray/ray_current_cluster (the job-submit test starts one)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
 
 
 @pytest.fixture(scope="session")
