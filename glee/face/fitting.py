@@ -511,9 +511,11 @@ def _lm_step(
     at_bound = ((room_lo[:, shape] >= 0) | (room_hi[:, shape] <= 0)).any(1)
     fast = np.flatnonzero(~at_bound)
     if len(fast):
+        # Slices, not copies, when every face takes this path (the usual case).
+        pick = slice(None) if len(fast) == n else fast
         d, act = _eliminate(
-            top[fast, :, :q], top[fast, :, q:], c[fast], grad[fast, :q], grad[fast, q:],
-            room_lo[fast, q:], room_hi[fast, q:], hint[fast, q - POSE_DIM :], passes,
+            top[pick, :, :q], top[pick, :, q:], c[pick], grad[pick, :q], grad[pick, q:],
+            room_lo[pick, q:], room_hi[pick, q:], hint[pick, q - POSE_DIM :], passes,
         )  # fmt: skip
         step[fast], active[fast, q - POSE_DIM :] = d, act
         active[fast, : q - POSE_DIM] = False
