@@ -26,6 +26,7 @@ from glee_platform.config import ConfigError, load_config
 ROOT = Path(__file__).resolve().parents[2]
 HEAD = ("classifier_depth", "classifier_heads")
 
+
 def _smoke(*overrides: str):
     return gtune.load_search_config("tune-smoke", list(overrides))
 
