@@ -395,6 +395,18 @@ def base_values(search: SearchSection, cfg: ExperimentConfig) -> dict[str, Any]:
     return out
 
 
+def pinned_paths(cfg: ExperimentConfig) -> dict[str, Any]:
+    """`cfg` as a dict with its data and storage paths made absolute where the driver runs.
+
+    A trial runs in a working directory of Tune's (and, under `ray job submit`, in the
+    unpacked working_dir): a relative `data/prep` there is another, empty folder."""
+    d = cfg.to_dict()
+    d["data"]["root"] = str(cfg.data_root)
+    d["data"]["prep"] = str(cfg.prep_dir)
+    d["resources"]["storage_path"] = cfg.storage_path
+    return d
+
+
 def trial_config(
     base: ExperimentConfig, params: Mapping[str, Any], name: str, storage: str | Path
 ) -> ExperimentConfig:
@@ -628,7 +640,10 @@ def run_search(search: SearchSection, cfg: ExperimentConfig) -> SearchResult:
         )
     trainable = tune.with_resources(
         tune.with_parameters(
-            run_trial, base=cfg.to_dict(), experiment_dir=str(exp), cache_dir=str(cache_dir(cfg))
+            run_trial,
+            base=pinned_paths(cfg),
+            experiment_dir=str(exp),
+            cache_dir=str(cache_dir(cfg)),
         ),
         # A placement group needs some resource: memory stands in when trial_cpus is 0.
         {"CPU": search.trial_cpus, "memory": TRIAL_MEMORY},

@@ -137,6 +137,28 @@ def test_asha_rungs_are_rebuilt_from_finished_trials_on_restore():
     assert asha.on_trial_result(None, resumed, result) == TrialScheduler.STOP
 
 
+def test_trials_see_the_drivers_data_and_storage_from_their_own_working_directory(
+    tmp_path, monkeypatch
+):
+    # the demo search's relative defaults (data/, runs/), as `python jobs/tune.py` has them
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GLEE_DATA", raising=False)
+    monkeypatch.delenv("GLEE_RUNS", raising=False)
+    search, cfg = gtune.load_search_config("tune-demo", [])
+    base = gtune.pinned_paths(cfg)
+    # a trial runs in Tune's per-trial working directory: the same folders from there
+    elsewhere = tmp_path / "ray" / "working_dirs" / "run_trial_x"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    trial = gtune.trial_config(
+        type(cfg).from_dict(base), {"finetune_lr": 0.01}, "t1", base["resources"]["storage_path"]
+    )
+    assert trial.prep_dir == tmp_path / "data" / "prep"
+    assert trial.raw_dir == tmp_path / "data" / "raw"
+    assert Path(trial.storage_path) == tmp_path / "runs"
+    assert cfg.to_dict()["data"]["prep"] in ("", None)  # the driver's config is untouched
+
+
 def test_the_pretraining_cache_key_ignores_the_classifier_and_finetuning():
     _, cfg = _smoke()
 
