@@ -24,10 +24,12 @@ faces of a chunk at once, residual row by residual row. Each iteration solves
 
     (J^T J + diag(reg) + mu diag(J^T J) + ridge I) step = -(J^T r + reg * coefficients)
 
-by block elimination: pose and shape (6 + N_s) are eliminated with one solve per face,
-which leaves the N_e x N_e Schur complement of the expression block, on which a short
-active-set loop meets f_exp in [0, 1] (`_box_qp`); a face whose shape reaches [-3, 3] is
-solved again with only the pose eliminated and the bounds met on all coefficients. The
+by block elimination from one Cholesky factorisation per face of the whole matrix
+(bordered by the right-hand side, so the forward substitution comes with it): with pose
+and shape (6 + N_s) first, its trailing block factors the N_e x N_e Schur complement of
+the expression block, on which a short active-set loop meets f_exp in [0, 1] (`_box_qp`);
+a face whose shape reaches [-3, 3] takes the Schur complement of the pose block from the
+same factor and meets the bounds on all coefficients. The
 step is projected onto the box and backtracked if it does not lower E; the gain ratio
 (actual over predicted decrease) steers mu, which starts at 1e-9 (plain Gauss-Newton
 steps, 3-5 iterations on noise-free landmarks). The identity damping `ridge` on the
@@ -439,72 +441,107 @@ def _box_qp(
     return np.clip(d, room_lo, room_hi), pinned
 
 
-def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Batched SPD solve; a batch LAPACK calls singular (an exactly degenerate face) is
-    retried with a small ridge, which only damps those faces' steps."""
+def _cholesky(bordered: np.ndarray) -> np.ndarray:
+    """Batched Cholesky factor of (n, p + 1, p + 1) matrices H bordered by a gradient
+    (`_factor`). A batch LAPACK calls not positive definite (a degenerate face) is retried
+    with a growing ridge on H, which only damps those faces' steps; a face whose H is not
+    finite gets the identity (no step)."""
     try:
-        return np.linalg.solve(a, b)
+        return np.linalg.cholesky(bordered)
     except np.linalg.LinAlgError:
-        ridge = 1e-9 * np.abs(np.einsum("nii->ni", a)).max(1)[:, None, None] + 1e-12
-        return np.linalg.solve(a + ridge * np.eye(a.shape[-1]), b)
+        pass
+    bordered = bordered.copy()
+    bad = ~np.isfinite(bordered).all((1, 2))
+    bordered[bad] = np.diag(np.r_[np.ones(bordered.shape[-1] - 1), 1e300])
+    diag = np.einsum("nii->ni", bordered)[:, :-1]  # a view
+    scale = np.abs(diag).max(1, keepdims=True) + 1e-12
+    for ridge in (1e-9, 1e-6, 1e-3, 1.0):
+        diag += ridge * scale
+        try:
+            return np.linalg.cholesky(bordered)
+        except np.linalg.LinAlgError:
+            continue
+    return np.linalg.cholesky(bordered)
+
+
+def _backward(low: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Solve L^T x = b for lower-triangular L (n, m, m), b (n, m): column by column of L^T,
+    i.e. row by row of L, for all faces."""
+    x = b.copy()
+    for i in range(b.shape[1] - 1, -1, -1):
+        x[:, i] /= low[:, i, i]
+        x[:, :i] -= low[:, i, :i] * x[:, i, None]
+    return x
 
 
 def _eliminate(
-    a: np.ndarray,
-    b: np.ndarray,
-    c: np.ndarray,
-    g_a: np.ndarray,
-    g_c: np.ndarray,
+    low: np.ndarray,
+    z: np.ndarray,
+    m: int,
     room_lo: np.ndarray,
     room_hi: np.ndarray,
     hint: np.ndarray,
     passes: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Solve [[A, B], [B^T, C]] [d_a; d_c] = -[g_a; g_c] with a box on d_c only: eliminate
-    the unbounded block, A^-1 [B g_a] in one solve, then `_box_qp` on the Schur complement
-    S = C - B^T A^-1 B. Returns [d_a, d_c] and the active set of d_c."""
-    xy = _solve(a, np.concatenate([b, g_a[..., None]], 2))  # (n, m, k + 1)
-    x, y = xy[..., :-1], xy[..., -1]
-    if c.shape[-1] == 0:
-        return -y, hint
-    s_mat = c - b.transpose(0, 2, 1) @ x  # (n, k, k)
-    s_vec = g_c - (g_a[:, None, :] @ x)[:, 0]
+    """Minimise g.d + d.H.d / 2 with a box on d[m:] only, given H = L L^T and z = L^-1 g:
+    with L = [[L11, 0], [L21, L22]] the unbounded block's Schur complement is
+    S = L22 L22^T and the reduced gradient L22 z2, so `_box_qp` runs on them and
+    d[:m] = -L11^-T (z1 + L21^T d[m:]). Returns d and the active set of d[m:]."""
+    if low.shape[-1] == m:
+        return -_backward(low, z), hint
+    l22 = low[:, m:, m:]
+    s_mat = l22 @ l22.transpose(0, 2, 1)  # (n, k, k)
+    s_vec = (l22 @ z[:, m:, None])[..., 0]
     d_c, active = _box_qp(s_mat, s_vec, room_lo, room_hi, hint, passes)
-    d_a = -(y + (x @ d_c[..., None])[..., 0])
+    d_a = -_backward(low[:, :m, :m], z[:, :m] + (d_c[:, None, :] @ low[:, m:, :m])[:, 0])
     return np.concatenate([d_a, d_c], 1), active
 
 
+def _factor(
+    jac: np.ndarray, grad: np.ndarray, reg: np.ndarray, mu: np.ndarray, ridge: float, q: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cholesky factor L (n, p, p) of each face's damped Gram matrix
+    H = J^T J + diag(reg) + mu diag(J^T J) + ridge I_coef, and z = L^-1 grad (n, p).
+
+    z comes with the factorisation: H bordered by grad, [[H, grad], [grad^T, c]] with c
+    large, has the factor [[L, 0], [z^T, sqrt(c - z.z)]]."""
+    n, p = grad.shape
+    gram = np.empty((n, p + 1, p + 1))
+    np.matmul(jac.transpose(0, 2, 1), jac, out=gram[:, :p, :p])  # (n, p, p)
+    gram[:, p, :p] = grad
+    gram[:, :p, p] = grad
+    gram[:, p, p] = 1e300
+    ridge_p = np.r_[np.zeros(POSE_DIM), np.full(p - POSE_DIM, ridge)]
+    diag = np.einsum("nii->ni", gram)  # a view: the damping goes in place
+    for block in (slice(0, q), slice(q, p)):  # pose and shape, then f_exp
+        d = diag[:, block]
+        if d.shape[1]:
+            floor = 1e-9 * d.max(1, keepdims=True) + 1e-12
+            d += reg[block] + ridge_p[block] + mu[:, None] * np.maximum(d, floor)
+    low = _cholesky(gram)
+    return low[:, :p, :p], low[:, p, :p]
+
+
 def _lm_step(
-    jac: np.ndarray,
-    res: np.ndarray,
+    low: np.ndarray,
+    z: np.ndarray,
     vars_: np.ndarray,
     lo: np.ndarray,
     hi: np.ndarray,
-    reg: np.ndarray,
-    mu: np.ndarray,
-    ridge: float,
     q: int,
     hint: np.ndarray,
     passes: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The box-constrained LM step of a batch of faces: solve
         (J^T J + diag(reg) + mu diag(J^T J) + ridge I_coef) step = -(J^T r + reg * vars)
-    with lo <= vars + step <= hi (`_eliminate`). While no shape coefficient is at or
-    crosses its bound, pose and shape (the first q unknowns) are eliminated and the bounds
-    f_exp in [0, 1] are met on the expression block's N_e x N_e Schur complement; a face
-    whose shape does reach [-3, 3] is solved again with only the pose eliminated and the
-    bounds met on all coefficients. `hint` and the returned active set cover the
-    coefficients (n, p - 6).
+    with lo <= vars + step <= hi, given the matrix's Cholesky factor (`_factor`) and the
+    right-hand side's `grad`. While no shape coefficient is at or crosses its bound, pose
+    and shape (the first q unknowns) are eliminated and the bounds f_exp in [0, 1] are met
+    on the expression block's N_e x N_e Schur complement (`_eliminate`); a face whose shape
+    does reach [-3, 3] is solved again with only the pose eliminated and the bounds met on
+    all coefficients. `hint` and the returned active set cover the coefficients (n, p - 6).
     """
     n, p = vars_.shape
-    grad = (res[:, None, :] @ jac)[:, 0] + reg * vars_  # (n, p), half the gradient
-    top = jac[..., :q].transpose(0, 2, 1) @ jac  # (n, q, p): [A B]
-    c = jac[..., q:].transpose(0, 2, 1) @ jac[..., q:]  # (n, Ne, Ne)
-    ridge_p = np.r_[np.zeros(POSE_DIM), np.full(q - POSE_DIM, ridge)]
-    for block, r, extra in ((top[..., :q], reg[:q], ridge_p), (c, reg[q:], ridge)):
-        diag = np.einsum("nii->ni", block)  # a view: the damping goes in place
-        floor = 1e-9 * diag.max(1, keepdims=True) + 1e-12 if r.size else 0.0
-        diag += r + extra + mu[:, None] * np.maximum(diag, floor)
     room_lo, room_hi = lo - vars_, hi - vars_
     step, active = np.empty((n, p)), hint.copy()
     shape = slice(POSE_DIM, q)
@@ -514,8 +551,8 @@ def _lm_step(
         # Slices, not copies, when every face takes this path (the usual case).
         pick = slice(None) if len(fast) == n else fast
         d, act = _eliminate(
-            top[pick, :, :q], top[pick, :, q:], c[pick], grad[pick, :q], grad[pick, q:],
-            room_lo[pick, q:], room_hi[pick, q:], hint[pick, q - POSE_DIM :], passes,
+            low[pick], z[pick], q, room_lo[pick, q:], room_hi[pick, q:],
+            hint[pick, q - POSE_DIM :], passes,
         )  # fmt: skip
         step[fast], active[fast, q - POSE_DIM :] = d, act
         active[fast, : q - POSE_DIM] = False
@@ -525,15 +562,10 @@ def _lm_step(
         at_bound[fast] = crossed.any(1)
     full = np.flatnonzero(at_bound)
     if len(full):
-        # Whole Gram of these faces, then only the pose eliminated.
-        gram = np.empty((len(full), p, p))
-        gram[:, :q] = top[full]
-        gram[:, q:, :q] = top[full, :, q:].transpose(0, 2, 1)
-        gram[:, q:, q:] = c[full]
+        # The same factorisation, only the pose eliminated.
         d, act = _eliminate(
-            gram[:, :POSE_DIM, :POSE_DIM], gram[:, :POSE_DIM, POSE_DIM:],
-            gram[:, POSE_DIM:, POSE_DIM:], grad[full, :POSE_DIM], grad[full, POSE_DIM:],
-            room_lo[full, POSE_DIM:], room_hi[full, POSE_DIM:], hint[full], passes,
+            low[full], z[full], POSE_DIM, room_lo[full, POSE_DIM:], room_hi[full, POSE_DIM:],
+            hint[full], passes,
         )  # fmt: skip
         step[full], active[full] = d, act
     return step, active
@@ -588,9 +620,9 @@ def _levenberg_marquardt(
         res, jac = _evaluate(prob, th, tg, cm, jacobian=True, columns=columns)
         vars_ = th[:, cols]
         ridge = COEF_DAMPING[0] * COEF_DAMPING[1] ** it
-        step, active[alive] = _lm_step(
-            jac, res, vars_, lo, hi, reg, mu[alive], ridge, q, active[alive], passes
-        )
+        grad = (res[:, None, :] @ jac)[:, 0] + reg * vars_  # (n, p), half the gradient
+        low, z = _factor(jac, grad, reg, mu[alive], ridge, q)
+        step, act = _lm_step(low, z, vars_, lo, hi, q, active[alive], passes)
 
         # Backtrack along the projected step; keep the first fraction that lowers E.
         old = energy[alive]
@@ -617,6 +649,8 @@ def _levenberg_marquardt(
             ok = e_trial < old[pending]
             new_th[pending[ok]], new_energy[pending[ok]] = trial[ok], e_trial[ok]
             pending = pending[~ok]
+
+        active[alive] = act
         better = new_energy < old  # False for NaN
         iterations[alive] += 1
         acc = alive[better]
