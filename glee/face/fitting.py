@@ -35,8 +35,9 @@ step is projected onto the box and backtracked if it does not lower E; the gain 
 steps, 3-5 iterations on noise-free landmarks). The identity damping `ridge` on the
 coefficients starts at 1e-2 and shrinks 30-fold per iteration (`COEF_DAMPING`). Initial
 pose: a scaled-orthographic fit of the mean shape (closed form, one shared
-pseudo-inverse), refined by two pose-only steps. Every product is per face, so a face's
-fit does not depend on the faces batched with it.
+pseudo-inverse), refined by two pose-only steps. Faces still unconverged after
+`CHUNK_ITER` iterations continue in one batch across chunks. Every product is per face, so
+a face's fit does not depend on the faces batched with it.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ POSE_DIM = 6
 SHAPE_BOUNDS = (-3.0, 3.0)
 EXPRESSION_BOUNDS = (0.0, 1.0)
 CHUNK = 128  # faces solved together (a loop over chunks bounds the memory per solve)
+# LM iterations a chunk runs on its own; the few faces still unconverged after them continue
+# in one batch across chunks, so they do not each pay a chunk's per-call overhead.
+CHUNK_ITER = 5
 STEP_FRACTIONS = (1.0, 0.25, 0.0625)  # backtracking along the projected step
 RELEASE_GAIN = 1e-6  # px^2: freeing a pinned coefficient must lower E by more than this
 LEAVE_TOL = 1e-7  # a step past a bound by less than this is clipped, not pinned
@@ -595,9 +599,14 @@ def _levenberg_marquardt(
     pose_only: bool,
     passes: int = 4,
     energy: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Projected LM over a batch; returns theta, energy, converged, iterations. `energy` is
-    E(theta) when the caller already has it.
+    first_iter: int = 0,
+    mu: np.ndarray | None = None,
+    active: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Projected LM over a batch, iterations first_iter .. max_iter - 1; returns theta,
+    energy, converged, iterations (run here), and the damping mu and active set to continue
+    from. `energy` is E(theta) when the caller already has it; `mu` and `active` continue
+    an earlier call.
 
     A face is converged when an accepted step lowers its energy by less than
     tol * max(E, 1 px^2), or when no step lowers it even with heavy damping.
@@ -618,12 +627,14 @@ def _levenberg_marquardt(
     outside = np.setdiff1d(np.arange(POSE_DIM, theta.shape[1]), cols)
     reg_all = np.r_[np.zeros(POSE_DIM), prob.reg]
     fixed_reg = np.einsum("nk,k->n", theta[:, outside] ** 2, reg_all[outside])
-    mu = np.full(n, 1e-9)
+    mu = np.full(n, 1e-9) if mu is None else mu.copy()
     converged = np.zeros(n, bool)
     iterations = np.zeros(n, np.int64)
     alive = np.flatnonzero(np.isfinite(energy))
-    active = np.zeros((n, len(cols) - POSE_DIM), bool)  # the coefficients' active set
-    for it in range(max_iter):
+    if active is None:
+        active = np.zeros((n, len(cols) - POSE_DIM), bool)  # the coefficients' active set
+    active = active.copy()
+    for it in range(first_iter, max_iter):
         if len(alive) == 0:
             break
         if len(alive) == n:
@@ -678,7 +689,7 @@ def _levenberg_marquardt(
         done = small | stuck
         converged[alive[done]] = True
         alive = alive[~done]
-    return theta, energy, converged, iterations
+    return theta, energy, converged, iterations, mu, active
 
 
 def _fit(
@@ -690,8 +701,9 @@ def _fit(
     pose_iter: int,
     max_iter: int,
     tol: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Initial pose, pose-only LM, then LM over pose and coefficients."""
+) -> tuple[np.ndarray, ...]:
+    """Initial pose, pose-only LM, then LM over pose and coefficients (`_levenberg_marquardt`
+    returns)."""
     th = np.zeros((len(idx), POSE_DIM + prob.k))
     if init is not None:
         th[:, :POSE_DIM] = np.asarray(init.pose, np.float64)[idx]
@@ -707,7 +719,7 @@ def _fit(
     targets = _targets(prob, tg)  # the detected contours, once per fit
     energy = None
     if pose_iter > 0:
-        th, energy, _, _ = _levenberg_marquardt(
+        th, energy, *_ = _levenberg_marquardt(
             prob, th, targets, cm, max_iter=pose_iter, tol=tol, pose_only=True
         )
     return _levenberg_marquardt(
@@ -754,14 +766,30 @@ def fit_landmarks(
     rmse = np.full(n, np.nan)
     extent = np.full(n, np.nan)
     idx_all = np.flatnonzero(ok)
+    first = min(max_iter, CHUNK_ITER)
+    mu = np.full(n, 1e-9)
+    active = np.zeros((n, len(prob.unknowns) - POSE_DIM), bool)
     with _single_threaded_blas():
         for start in range(0, len(idx_all), CHUNK):  # chunks of faces, each one batched solve
             idx = idx_all[start : start + CHUNK]
-            th, en, conv, its = _fit(
-                prob, target[idx], cams[idx], init, idx, pose_iter, max_iter, tol
+            th, en, conv, its, mu[idx], active[idx] = _fit(
+                prob, target[idx], cams[idx], init, idx, pose_iter, first, tol
             )
             theta[idx], energy[idx], converged[idx], iterations[idx] = th, en, conv, its
-            rmse[idx] = _rmse(prob, th, target[idx], cams[idx])
+        # Faces that ran all `first` iterations unconverged continue, batched together.
+        rest = idx_all[~converged[idx_all] & (iterations[idx_all] == first)]
+        for start in range(0, len(rest) if first < max_iter else 0, CHUNK):
+            idx = rest[start : start + CHUNK]
+            th, en, conv, its, _, _ = _levenberg_marquardt(
+                prob, theta[idx], _targets(prob, target[idx]), cams[idx], max_iter=max_iter,
+                tol=tol, pose_only=False, energy=energy[idx], first_iter=first, mu=mu[idx],
+                active=active[idx],
+            )  # fmt: skip
+            theta[idx], energy[idx], converged[idx] = th, en, conv
+            iterations[idx] += its
+        for start in range(0, len(idx_all), CHUNK):
+            idx = idx_all[start : start + CHUNK]
+            rmse[idx] = _rmse(prob, theta[idx], target[idx], cams[idx])
             span = target[idx].max(1) - target[idx].min(1)
             extent[idx] = np.hypot(span[:, 0], span[:, 1])
     finite = np.isfinite(theta).all(1) & np.isfinite(energy) & np.isfinite(rmse)
