@@ -137,20 +137,6 @@ def list_frames(path: str | os.PathLike) -> list[Frame]:
 # --------------------------------------------------------------------------- predictor
 
 
-class _GivenBackendPreprocessor(FacePreprocessor):
-    """FacePreprocessor with a landmark backend object given directly (the `mtcnn5`
-    backend is fed per frame by the predictor's own detector). Every face box comes
-    in the items, so the parent's detector is never used."""
-
-    def __init__(self, cfg: PreprocessConfig, backend) -> None:
-        from glee.preprocessing import load_morphable_model
-
-        self.cfg = cfg
-        self.backend = backend
-        self.model = load_morphable_model(cfg.model_path)
-        self._detector = None
-
-
 class FramePredictor:
     """Loads the landmarks, detector, morphable model and GLEE-Net once; `predict(frames)`
     returns one OpenFace row per frame (same order) and the error records."""
@@ -185,8 +171,8 @@ class FramePredictor:
             if landmarks_file is None:
                 raise ValueError("landmarks 'provided' needs a landmarks table (landmarks_file)")
             cfg = replace(base, landmarks="provided", device=self.device)
-            self.pre = _GivenBackendPreprocessor(
-                cfg, make_landmark_backend("provided", dataset_root=landmarks_file)
+            self.pre = FacePreprocessor(
+                cfg, backend=make_landmark_backend("provided", dataset_root=landmarks_file)
             )
             self._five = None
         else:
@@ -196,7 +182,8 @@ class FramePredictor:
                 self._five = None
             else:
                 backend = self._five = FivePointLandmarks()
-            self.pre = _GivenBackendPreprocessor(cfg, backend)
+            # every face box comes in the items: the preprocessor's detector is never used
+            self.pre = FacePreprocessor(cfg, backend=backend)
         self._detector = None
 
     def _detect(self, images: list[np.ndarray | str]) -> list[Any]:

@@ -150,12 +150,22 @@ class FacePreprocessor:
     processes batches of items. An item is a dict with at least `image` (a reference),
     `subject`, `task`, `frame`; optional `box` (x0, y0, x1, y1) in pixels restricts where the
     face is (FEC boxes). Other keys pass through to the output row unchanged.
+
+    `backend`: a landmark backend object to use instead of building `cfg.landmarks`' own
+    (prediction passes a `provided` table of its own, or MTCNN's five points).
     """
 
-    def __init__(self, cfg: PreprocessConfig, dataset_root: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        cfg: PreprocessConfig,
+        dataset_root: str | os.PathLike | None = None,
+        backend: Any | None = None,
+    ):
         self.cfg = cfg
-        self.backend = make_landmark_backend(
-            cfg.landmarks, dataset_root=dataset_root, device=cfg.device
+        self.backend = (
+            backend
+            if backend is not None
+            else make_landmark_backend(cfg.landmarks, dataset_root=dataset_root, device=cfg.device)
         )
         self.model = load_morphable_model(cfg.model_path)
         self._detector = None
