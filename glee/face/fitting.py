@@ -17,36 +17,52 @@ Residual vector (what `fit_residuals_and_jacobian` returns, ||r||^2 = E):
         by the polyline's number of segments)
     sqrt(reg_shape) f_s, sqrt(reg_expression) f_exp
 
-Solver: Levenberg-Marquardt with analytic Jacobians, vectorised over chunks of faces (no
-loop per face). Given the pose, the model landmarks are linear in f_s and f_exp, so their
-Jacobian columns are the bases seen through the projection's derivative, written for all
-faces of a chunk at once, residual row by residual row. Each iteration solves
+Solver: Levenberg-Marquardt with analytic Jacobians over chunks of faces. Residuals, the
+Jacobian and every energy are numpy, vectorised over the chunk (no loop per face): given the
+pose, the model landmarks are linear in f_s and f_exp, so their Jacobian columns are the
+bases seen through the projection's derivative, written for all faces at once, residual row
+by residual row. The step is solved face by face in compiled kernels (numba, plain loops
+around BLAS GEMM (J^T J) and LAPACK xPOTRF (its Cholesky factor) through numba's own
+`np.dot` and `np.linalg.cholesky`; `_face_steps`).
+Each iteration solves
 
     (J^T J + diag(reg) + mu diag(J^T J) + ridge I) step = -(J^T r + reg * coefficients)
 
-by block elimination from one Cholesky factorisation per face of the whole matrix
-(bordered by the right-hand side, so the forward substitution comes with it): with pose
-and shape (6 + N_s) first, its trailing block factors the N_e x N_e Schur complement of
-the expression block, on which a short active-set loop meets f_exp in [0, 1] (`_box_qp`);
-a face whose shape reaches [-3, 3] takes the Schur complement of the pose block from the
-same factor and meets the bounds on all coefficients. The
-step is projected onto the box and backtracked if it does not lower E; the gain ratio
-(actual over predicted decrease) steers mu, which starts at 1e-9 (plain Gauss-Newton
-steps, 3-5 iterations on noise-free landmarks). The identity damping `ridge` on the
-coefficients starts at 1e-2 and shrinks 30-fold per iteration (`COEF_DAMPING`). Initial
-pose: a scaled-orthographic fit of the mean shape (closed form, one shared
-pseudo-inverse), refined by two pose-only steps. Faces still unconverged after
-`CHUNK_ITER` iterations continue in one batch across chunks. Every product is per face, so
-a face's fit does not depend on the faces batched with it.
+from one Cholesky factorisation per face of the whole matrix. J^T J and that factorisation
+are float32 (half the time of float64); the gradient, the triangular solves, the box QP,
+the residuals, the energies and the predicted decrease are float64, so the acceptance test
+and the next iteration correct the step's rounding. With pose and shape (6 + N_s) first, the
+factor's trailing block L22 gives the N_e x N_e Schur complement S = L22 L22^T of the
+expression block, on which a short active-set loop meets f_exp in [0, 1] (`_box_qp`; it
+never forms S, each pass factors only S's block of free variables); a face whose shape
+reaches [-3, 3] takes the Schur complement of the pose block from the same factor and meets
+the bounds on all coefficients. The step is projected onto the box and backtracked if it
+does not lower E; the gain ratio (actual over predicted decrease) steers mu, which starts
+at 1e-9 (plain Gauss-Newton steps, 3-5 iterations on noise-free landmarks). The identity
+damping `ridge` on the coefficients starts at 1e-2 and shrinks 30-fold per iteration
+(`COEF_DAMPING`). A face is converged when an accepted step lowered E by less than
+tol * max(E, 1 px^2) and its model did not predict an increase of more than that (a step
+clipped to the box before its active set settled can point uphill), or when no step lowers
+E even with heavy damping. Initial pose: a scaled-orthographic fit of the mean shape
+(closed form, one shared pseudo-inverse), refined by two pose-only steps. Faces still
+unconverged after `CHUNK_ITER` iterations continue in one batch across chunks. Every
+product is per face, so a face's fit does not depend on the faces batched with it.
+
+The kernels are cached on disk (numba's cache: `__pycache__` next to this file, or
+NUMBA_CACHE_DIR): the first process on a machine compiles them (about ten CPU-seconds), later
+ones load them in well under a second, on first use (`compile_kernels` does it ahead, e.g.
+before timing).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from glee.face.camera import Camera
@@ -384,38 +400,121 @@ def _initial_pose(prob: _Problem, target: np.ndarray, cams: np.ndarray) -> np.nd
     return np.c_[_euler_from_rotation(rot), txy, tz]
 
 
-# -- the box-constrained Levenberg-Marquardt step ------------------------------------------------
-def _solve_free(s_mat: np.ndarray, rhs: np.ndarray, free: np.ndarray) -> np.ndarray:
-    """Solve s_mat[F, F] x_F = rhs_F for each face's free set F; x = 0 elsewhere. A face's
-    free variables are gathered first into an (m, m) system, m its free count rounded up
-    to a multiple of 8 (the rest is the identity): faces of one size share a batched solve,
-    and a face's system does not depend on the others."""
-    n, k = free.shape
-    order = np.argsort(~free, axis=1, kind="stable")  # free variables first
-    valid = np.take_along_axis(free, order, 1)  # (n, k)
-    size = np.minimum(-(-free.sum(1) // 8) * 8, k)
-    x = np.zeros((n, k))
-    for m in np.unique(size):
-        f = np.flatnonzero(size == m)
-        idx, ok = order[f, :m], valid[f, :m]  # (nf, m)
-        sub = s_mat[f[:, None, None], idx[:, :, None], idx[:, None, :]]  # (nf, m, m)
-        sub *= ok[:, :, None] & ok[:, None, :]
-        np.einsum("nii->ni", sub)[...] += ~ok
-        b = np.take_along_axis(rhs[f], idx, 1) * ok
-        x[f[:, None], idx] = np.linalg.solve(sub, b[..., None])[..., 0] * ok
+# -- the box-constrained Levenberg-Marquardt step, compiled per face ------------------------------
+# Each kernel below works on one face and `_face_steps` loops over the batch, so a face's step
+# is the same arithmetic whichever faces share its batch. They are plain loops around BLAS
+# GEMM (J^T J, `np.dot`) and LAPACK xPOTRF (`np.linalg.cholesky`), which numba calls through
+# scipy's Cython interface looked up at load time, so the compiled code is cached on disk.
+_jit = numba.njit(cache=True, fastmath={"reassoc", "contract", "arcp", "nsz"})
+
+
+@_jit
+def _cholesky(a: np.ndarray) -> tuple[bool, np.ndarray]:
+    """The Cholesky factor L (A = L L^T; lower-triangular, zero above) of an SPD (m, m)
+    C-ordered float32 or float64 matrix given by its lower triangle (LAPACK xPOTRF reads
+    only that). (False, a) if A is not positive definite or not finite."""
+    m = a.shape[0]
+    for i in range(m):
+        for k in range(i + 1):
+            if not np.isfinite(a[i, k]):
+                return False, a
+    try:
+        return True, np.linalg.cholesky(a)
+    except Exception:  # LinAlgError: not positive definite
+        return False, a
+
+
+@_jit
+def _forward(low: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Solve L x = b for the leading (m, m) block of a lower-triangular L, m = len(b)."""
+    x = np.empty(len(b))
+    for i in range(len(b)):
+        acc = b[i]
+        for k in range(i):
+            acc -= low[i, k] * x[k]
+        x[i] = acc / low[i, i]
     return x
 
 
+@_jit
+def _backward(low: np.ndarray, b: np.ndarray, sign: float) -> np.ndarray:
+    """Solve L^T x = sign * b for the leading (m, m) block of a lower-triangular L,
+    m = len(b), row by row of L."""
+    x = np.empty(len(b))
+    for i in range(len(b)):
+        x[i] = sign * b[i]
+    for i in range(len(b) - 1, -1, -1):
+        x[i] /= low[i, i]
+        for k in range(i):
+            x[k] -= low[i, k] * x[i]
+    return x
+
+
+@_jit
+def _model_gradient(root: np.ndarray, s_vec: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """S d + s for S = R R^T, R lower-triangular (k, k): R (R^T d) + s."""
+    k = len(d)
+    y = np.zeros(k)  # R^T d
+    for i in range(k):
+        for t in range(i + 1):
+            y[t] += root[i, t] * d[i]
+    out = s_vec.copy()
+    for i in range(k):
+        for t in range(i + 1):
+            out[i] += root[i, t] * y[t]
+    return out
+
+
+@_jit
+def _solve_free(root: np.ndarray, s_vec: np.ndarray, pinned: np.ndarray, value: np.ndarray):
+    """min s.d + d.S.d / 2 (S = R R^T, R lower-triangular and invertible) with d = value on
+    the pinned variables: d_F solves S_FF d_F = -(s + S_FP value_P)_F."""
+    k = len(s_vec)
+    d = np.zeros(k)
+    for j in range(k):
+        if pinned[j]:
+            d[j] = value[j]
+    rhs = _model_gradient(root, s_vec, d)
+    idx = np.empty(k, np.int64)
+    m = 0
+    for j in range(k):
+        if not pinned[j]:
+            idx[m] = j
+            m += 1
+    if m == k:  # nothing pinned: S^-1 = R^-T R^-1
+        return _backward(root, _forward(root, rhs), -1.0)
+    sub = np.empty((m, m))  # S_FF, lower triangle: S[i, j] = R[i, :j+1] . R[j, :j+1], j <= i
+    b = np.empty(m)
+    for a in range(m):
+        b[a] = rhs[idx[a]]
+        row_a = root[idx[a]]
+        for c in range(a + 1):
+            row_c = root[idx[c]]
+            acc = 0.0
+            for t in range(idx[c] + 1):
+                acc += row_a[t] * row_c[t]
+            sub[a, c] = acc
+    ok, low = _cholesky(sub)
+    if ok:  # S_FF is SPD; if rounding says not, the free part stays 0
+        y = _backward(low, _forward(low, b), -1.0)
+        for a in range(m):
+            d[idx[a]] = y[a]
+    return d
+
+
+@_jit
 def _box_qp(
-    s_mat: np.ndarray,
+    root: np.ndarray,
     s_vec: np.ndarray,
     room_lo: np.ndarray,
     room_hi: np.ndarray,
     hint: np.ndarray,
     passes: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """min s.d + d.S.d / 2 subject to room_lo <= d <= room_hi (room_lo <= 0 <= room_hi) for
-    a batch of SPD S (the expression block's Schur complement), by an active set.
+    """min s.d + d.S.d / 2 subject to room_lo <= d <= room_hi (room_lo <= 0 <= room_hi) by an
+    active set, for one SPD S = R R^T given by its lower-triangular R (k, k) (e.g. the
+    expression block's Schur complement, `_eliminate`). S is never formed: each pass builds
+    only its free block.
 
     A variable at a bound starts pinned there if `hint` (its last active set) says so or its
     gradient pushes outwards. Each pass solves for the free variables with the pinned ones
@@ -426,166 +525,216 @@ def _box_qp(
     settled, a feasible step otherwise (the LM's backtracking guards the rest). Returns d
     and the final active set.
     """
-    n, p = s_vec.shape
-    pinned = ((room_lo >= 0) & (hint | (s_vec > 0))) | ((room_hi <= 0) & (hint | (s_vec < 0)))
-    value = np.zeros((n, p))  # step of each pinned variable: to its bound
-    d = np.zeros((n, p))
-    todo = np.arange(n)
+    k = len(s_vec)
+    pinned = np.empty(k, np.bool_)
+    for j in range(k):
+        at_lo = room_lo[j] >= 0 and (hint[j] or s_vec[j] > 0)
+        pinned[j] = at_lo or (room_hi[j] <= 0 and (hint[j] or s_vec[j] < 0))
+    value = np.zeros(k)  # step of each pinned variable: to its bound
+    d = value
     for it in range(passes):
-        if it == 0:
-            sm, pin, val, lo, hi = s_mat, pinned, value, room_lo, room_hi
-        else:
-            sm, pin, val = s_mat[todo], pinned[todo], value[todo]
-            lo, hi = room_lo[todo], room_hi[todo]
-        fixed = val * pin
-        rhs = -(s_vec[todo] + (sm @ fixed[..., None])[..., 0])
-        step = _solve_free(sm, rhs, ~pin) + fixed
-        d[todo] = step
-        below, above = ~pin & (step < lo - LEAVE_TOL), ~pin & (step > hi + LEAVE_TOL)
-        changed = below | above
-        now_pinned = pin | changed
-        if it == 0:
-            mult = (sm @ step[..., None])[..., 0] + s_vec
-            worth = mult * mult > 2.0 * RELEASE_GAIN * np.einsum("nii->ni", sm)
-            back = pin & worth & (((val <= lo) & (mult < 0)) | ((val >= hi) & (mult > 0)))
-            now_pinned &= ~back
-            changed |= back
-        pinned[todo] = now_pinned
-        value[todo] = np.where(below, lo, np.where(above, hi, val))
-        todo = todo[changed.any(1)]
-        if len(todo) == 0:
+        d = _solve_free(root, s_vec, pinned, value)
+        mult = _model_gradient(root, s_vec, d) if it == 0 else s_vec  # to free variables
+        changed = False
+        for j in range(k):
+            if not pinned[j]:
+                if d[j] < room_lo[j] - LEAVE_TOL:
+                    pinned[j], value[j], changed = True, room_lo[j], True
+                elif d[j] > room_hi[j] + LEAVE_TOL:
+                    pinned[j], value[j], changed = True, room_hi[j], True
+            elif it == 0:
+                s_jj = 0.0
+                for t in range(j + 1):
+                    s_jj += root[j, t] * root[j, t]
+                inwards = (value[j] <= room_lo[j] and mult[j] < 0) or (
+                    value[j] >= room_hi[j] and mult[j] > 0
+                )
+                if inwards and mult[j] * mult[j] > 2.0 * RELEASE_GAIN * s_jj:
+                    pinned[j], changed = False, True
+        if not changed:
             break
-    return np.clip(d, room_lo, room_hi), pinned
+    for j in range(k):
+        d[j] = min(max(d[j], room_lo[j]), room_hi[j])
+    return d, pinned
 
 
-def _cholesky(bordered: np.ndarray) -> np.ndarray:
-    """Batched Cholesky factor of (n, p + 1, p + 1) matrices H bordered by a gradient
-    (`_factor`). A batch LAPACK calls not positive definite (a degenerate face) is retried
-    with a growing ridge on H, which only damps those faces' steps; a face whose H is not
-    finite gets the identity (no step)."""
-    try:
-        return np.linalg.cholesky(bordered)
-    except np.linalg.LinAlgError:
-        pass
-    bordered = bordered.copy()
-    bad = ~np.isfinite(bordered).all((1, 2))
-    bordered[bad] = np.diag(np.r_[np.ones(bordered.shape[-1] - 1), 1e300])
-    diag = np.einsum("nii->ni", bordered)[:, :-1]  # a view
-    scale = np.abs(diag).max(1, keepdims=True) + 1e-12
-    for ridge in (1e-9, 1e-6, 1e-3, 1.0):
-        diag += ridge * scale
-        try:
-            return np.linalg.cholesky(bordered)
-        except np.linalg.LinAlgError:
-            continue
-    return np.linalg.cholesky(bordered)
-
-
-def _backward(low: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Solve L^T x = b for lower-triangular L (n, m, m), b (n, m): column by column of L^T,
-    i.e. row by row of L, for all faces."""
-    x = b.copy()
-    for i in range(b.shape[1] - 1, -1, -1):
-        x[:, i] /= low[:, i, i]
-        x[:, :i] -= low[:, i, :i] * x[:, i, None]
-    return x
-
-
+@_jit
 def _eliminate(
     low: np.ndarray,
     z: np.ndarray,
-    m: int,
     room_lo: np.ndarray,
     room_hi: np.ndarray,
     hint: np.ndarray,
     passes: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Minimise g.d + d.H.d / 2 with a box on d[m:] only, given H = L L^T and z = L^-1 g:
-    with L = [[L11, 0], [L21, L22]] the unbounded block's Schur complement is
-    S = L22 L22^T and the reduced gradient L22 z2, so `_box_qp` runs on them and
-    d[:m] = -L11^-T (z1 + L21^T d[m:]). Returns d and the active set of d[m:]."""
-    if low.shape[-1] == m:
-        return -_backward(low, z), hint
-    l22 = low[:, m:, m:]
-    s_mat = l22 @ l22.transpose(0, 2, 1)  # (n, k, k)
-    s_vec = (l22 @ z[:, m:, None])[..., 0]
-    d_c, active = _box_qp(s_mat, s_vec, room_lo, room_hi, hint, passes)
-    d_a = -_backward(low[:, :m, :m], z[:, :m] + (d_c[:, None, :] @ low[:, m:, :m])[:, 0])
-    return np.concatenate([d_a, d_c], 1), active
+    """Minimise g.d + d.H.d / 2 with a box on its last k = len(room_lo) entries d[m:], given
+    H = L L^T (p, p) and z = L^-1 g: with L = [[L11, 0], [L21, L22]] the unbounded block's
+    Schur complement is S = L22 L22^T and the reduced gradient L22 z2, so `_box_qp` runs
+    on them and d[:m] = -L11^-T (z1 + L21^T d[m:]). Returns d and the active set of d[m:]."""
+    p, k = len(z), len(room_lo)
+    m = p - k
+    root = np.empty((k, k))  # L22, lower triangle
+    s_vec = np.zeros(k)
+    for i in range(k):
+        for t in range(i + 1):
+            root[i, t] = low[m + i, m + t]
+            s_vec[i] += root[i, t] * z[m + t]
+    d_c, active = _box_qp(root, s_vec, room_lo, room_hi, hint, passes)
+    rhs = np.empty(m)
+    for a in range(m):
+        rhs[a] = z[a]
+    for i in range(k):  # + L21^T d[m:]
+        for a in range(m):
+            rhs[a] += low[m + i, a] * d_c[i]
+    d_a = _backward(low, rhs, -1.0)  # L11 is low's leading (m, m) block
+    d = np.empty(p)
+    for a in range(p):
+        d[a] = d_a[a] if a < m else d_c[a - m]
+    return d, active
 
 
-def _factor(
-    jac: np.ndarray, grad: np.ndarray, reg: np.ndarray, mu: np.ndarray, ridge: float, q: int
+@_jit
+def _face_step(
+    h: np.ndarray,
+    grad: np.ndarray,
+    reg: np.ndarray,
+    mu: float,
+    ridge: float,
+    q: int,
+    room_lo: np.ndarray,
+    room_hi: np.ndarray,
+    hint: np.ndarray,
+    passes: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Cholesky factor L (n, p, p) of each face's damped Gram matrix
-    H = J^T J + diag(reg) + mu diag(J^T J) + ridge I_coef, and z = L^-1 grad (n, p).
+    """One face's box-constrained LM step (`_lm_step`), given the lower triangle of its
+    J^T J in h (p, p), whose diagonal it overwrites with the damped one."""
+    p = len(grad)
+    diag = np.empty(p)  # the damped diagonal
+    for start, stop in ((0, q), (q, p)):  # pose and shape, then f_exp
+        floor = 0.0
+        for i in range(start, stop):
+            floor = max(floor, h[i, i])
+        floor = 1e-9 * floor + 1e-12
+        for i in range(start, stop):
+            damp = reg[i] + (ridge if i >= POSE_DIM else 0.0)
+            diag[i] = h[i, i] + damp + mu * max(h[i, i], floor)
+            h[i, i] = diag[i]
+    finite = True
+    scale = 1e-12
+    for i in range(p):
+        finite &= np.isfinite(diag[i]) and np.isfinite(grad[i])
+        scale = max(scale, abs(diag[i]) + 1e-12)
+    ok, low = _cholesky(h) if finite else (False, h)  # float32 L, read as float64 below
+    for extra in (1e-9, 1e-6, 1e-3, 1.0):  # a degenerate face: damp its step harder
+        if ok or not finite:
+            break
+        for i in range(p):
+            diag[i] += extra * scale
+            h[i, i] = diag[i]
+        ok, low = _cholesky(h)
+    if not ok:
+        return np.zeros(p), hint.copy()  # no step
+    z = _forward(low, grad)
+    at_bound = False
+    for j in range(POSE_DIM, q):
+        at_bound |= room_lo[j] >= 0 or room_hi[j] <= 0
+    step = np.zeros(p)
+    active = np.zeros(len(hint), np.bool_)
+    if not at_bound:
+        c = q - POSE_DIM
+        step, act = _eliminate(low, z, room_lo[q:], room_hi[q:], hint[c:], passes)
+        for j in range(len(act)):
+            active[c + j] = act[j]
+        for j in range(POSE_DIM, q):
+            at_bound |= step[j] < room_lo[j] - LEAVE_TOL or step[j] > room_hi[j] + LEAVE_TOL
+    if at_bound:  # the shape reaches [-3, 3]: only the pose eliminated
+        step, active = _eliminate(low, z, room_lo[POSE_DIM:], room_hi[POSE_DIM:], hint, passes)
+    return step, active
 
-    z comes with the factorisation: H bordered by grad, [[H, grad], [grad^T, c]] with c
-    large, has the factor [[L, 0], [z^T, sqrt(c - z.z)]]."""
-    n, p = grad.shape
-    gram = np.empty((n, p + 1, p + 1))
-    np.matmul(jac.transpose(0, 2, 1), jac, out=gram[:, :p, :p])  # (n, p, p)
-    gram[:, p, :p] = grad
-    gram[:, :p, p] = grad
-    gram[:, p, p] = 1e300
-    ridge_p = np.r_[np.zeros(POSE_DIM), np.full(p - POSE_DIM, ridge)]
-    diag = np.einsum("nii->ni", gram)  # a view: the damping goes in place
-    for block in (slice(0, q), slice(q, p)):  # pose and shape, then f_exp
-        d = diag[:, block]
-        if d.shape[1]:
-            floor = 1e-9 * d.max(1, keepdims=True) + 1e-12
-            d += reg[block] + ridge_p[block] + mu[:, None] * np.maximum(d, floor)
-    low = _cholesky(gram)
-    return low[:, :p, :p], low[:, p, :p]
 
-
-def _lm_step(
-    low: np.ndarray,
-    z: np.ndarray,
+@_jit
+def _face_steps(
+    jac: np.ndarray,
+    grad: np.ndarray,
     vars_: np.ndarray,
     lo: np.ndarray,
     hi: np.ndarray,
+    reg: np.ndarray,
+    mu: np.ndarray,
+    ridge: float,
     q: int,
     hint: np.ndarray,
     passes: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The box-constrained LM step of a batch of faces: solve
-        (J^T J + diag(reg) + mu diag(J^T J) + ridge I_coef) step = -(J^T r + reg * vars)
-    with lo <= vars + step <= hi, given the matrix's Cholesky factor (`_factor`) and the
-    right-hand side's `grad`. While no shape coefficient is at or crosses its bound, pose
-    and shape (the first q unknowns) are eliminated and the bounds f_exp in [0, 1] are met
-    on the expression block's N_e x N_e Schur complement (`_eliminate`); a face whose shape
-    does reach [-3, 3] is solved again with only the pose eliminated and the bounds met on
-    all coefficients. `hint` and the returned active set cover the coefficients (n, p - 6).
-    """
-    n, p = vars_.shape
-    room_lo, room_hi = lo - vars_, hi - vars_
-    step, active = np.empty((n, p)), hint.copy()
-    shape = slice(POSE_DIM, q)
-    at_bound = ((room_lo[:, shape] >= 0) | (room_hi[:, shape] <= 0)).any(1)
-    fast = np.flatnonzero(~at_bound)
-    if len(fast):
-        # Slices, not copies, when every face takes this path (the usual case).
-        pick = slice(None) if len(fast) == n else fast
-        d, act = _eliminate(
-            low[pick], z[pick], q, room_lo[pick, q:], room_hi[pick, q:],
-            hint[pick, q - POSE_DIM :], passes,
-        )  # fmt: skip
-        step[fast], active[fast, q - POSE_DIM :] = d, act
-        active[fast, : q - POSE_DIM] = False
-        crossed = (d[:, shape] < room_lo[fast, shape] - LEAVE_TOL) | (
-            d[:, shape] > room_hi[fast, shape] + LEAVE_TOL
-        )
-        at_bound[fast] = crossed.any(1)
-    full = np.flatnonzero(at_bound)
-    if len(full):
-        # The same factorisation, only the pose eliminated.
-        d, act = _eliminate(
-            low[full], z[full], POSE_DIM, room_lo[full, POSE_DIM:], room_hi[full, POSE_DIM:],
-            hint[full], passes,
-        )  # fmt: skip
-        step[full], active[full] = d, act
+    """`_face_step` for each face of a batch (`_lm_step`), jac (rows, n, p) rows first."""
+    rows, n, p = jac.shape
+    step = np.empty((n, p))
+    active = np.empty_like(hint)
+    room_lo, room_hi = np.empty(p), np.empty(p)
+    jac32 = np.empty((rows, p), np.float32)
+    gram = np.empty((p, p), np.float32)
+    for i in range(n):
+        for r in range(rows):
+            for j in range(p):
+                jac32[r, j] = jac[r, i, j]
+        np.dot(jac32.T, jac32, gram)  # J^T J (p, p), BLAS SGEMM
+        for j in range(p):
+            room_lo[j], room_hi[j] = lo[j] - vars_[i, j], hi[j] - vars_[i, j]
+        d, act = _face_step(gram, grad[i], reg, mu[i], ridge, q, room_lo, room_hi, hint[i],
+                            passes)  # fmt: skip
+        for j in range(p):
+            step[i, j] = d[j]
+        for j in range(len(act)):
+            active[i, j] = act[j]
     return step, active
+
+
+def _lm_step(
+    jac: np.ndarray,
+    grad: np.ndarray,
+    vars_: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    reg: np.ndarray,
+    mu: np.ndarray,
+    ridge: float,
+    q: int,
+    hint: np.ndarray,
+    passes: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The box-constrained LM steps of a batch of faces: solve
+        (J^T J + diag(reg) + mu diag(J^T J) + ridge I_coef) step = -(J^T r + reg * vars)
+    with lo <= vars + step <= hi, from one Cholesky factorisation of the whole matrix per
+    face. While no shape coefficient is at or crosses its bound, pose and shape (the first q
+    unknowns) are eliminated and the bounds f_exp in [0, 1] are met on the expression
+    block's N_e x N_e Schur complement; a face whose shape does reach [-3, 3] is solved
+    again with only the pose eliminated and the bounds met on all coefficients.
+
+    jac (n, rows, p); grad (n, p) = J^T r + reg * vars; mu (n,); `hint` and the returned
+    active set cover the coefficients (n, p - 6). J^T J and its Cholesky factorisation are
+    float32 (half the time of float64; the LM's acceptance test and its next iteration,
+    both float64, absorb the step's rounding), everything else float64.
+    """
+    c64 = functools.partial(np.ascontiguousarray, dtype=np.float64)
+    return _face_steps(
+        c64(jac.transpose(1, 0, 2)),  # (rows, n, p): `_evaluate`'s layout, no copy
+        c64(grad), c64(vars_), c64(lo), c64(hi), c64(reg), c64(mu), float(ridge), int(q),
+        np.ascontiguousarray(hint, dtype=bool), int(passes),
+    )  # fmt: skip
+
+
+def compile_kernels() -> float:
+    """Load the step's kernels now (`fit_landmarks` otherwise does it on its first call):
+    from numba's on-disk cache, well under a second, or compiled and written to that cache
+    by the first process on a machine (about ten CPU-seconds). Returns the seconds it took."""
+    start = time.perf_counter()
+    p, q = POSE_DIM + 3, POSE_DIM + 1  # pose, one shape and two expression coefficients
+    jac = np.random.default_rng(0).normal(size=(2, 2 * p, p))
+    lo = np.r_[np.full(POSE_DIM, -np.inf), np.full(p - POSE_DIM, -1.0)]
+    hint = np.zeros((2, p - POSE_DIM), bool)
+    _lm_step(jac, np.ones((2, p)), np.zeros((2, p)), lo, -lo, np.ones(p), np.ones(2), 0.0, q,
+             hint, 2)  # fmt: skip
+    return time.perf_counter() - start
 
 
 def _levenberg_marquardt(
@@ -609,7 +758,8 @@ def _levenberg_marquardt(
     an earlier call.
 
     A face is converged when an accepted step lowers its energy by less than
-    tol * max(E, 1 px^2), or when no step lowers it even with heavy damping.
+    tol * max(E, 1 px^2) (and its model did not predict an increase of more than that), or
+    when no step lowers it even with heavy damping.
     """
     n = len(theta)
     theta = theta.copy()
@@ -645,8 +795,9 @@ def _levenberg_marquardt(
         vars_ = th[:, cols]
         ridge = COEF_DAMPING[0] * COEF_DAMPING[1] ** it
         grad = (res[:, None, :] @ jac)[:, 0] + reg * vars_  # (n, p), half the gradient
-        low, z = _factor(jac, grad, reg, mu[alive], ridge, q)
-        step, act = _lm_step(low, z, vars_, lo, hi, q, active[alive], passes)
+        step, act = _lm_step(
+            jac, grad, vars_, lo, hi, reg, mu[alive], ridge, q, active[alive], passes
+        )
 
         # Backtrack along the projected step; keep the first fraction that lowers E.
         old = energy[alive]
@@ -684,7 +835,12 @@ def _levenberg_marquardt(
         factor = np.where(gain > 0.75, 0.1, np.where(gain < 0.25, 10.0, 1.0))
         factor = np.where(full_step, factor, np.where(better, 10.0, 100.0))
         mu[alive] = np.maximum(mu[alive] * factor, 1e-12)
-        small = better & (old - new_energy <= tol * np.maximum(new_energy, 1.0))
+        # A small decrease ends the fit unless its step went well uphill on its own model (a
+        # predicted increase above max(E, 1 px^2)): a step clipped to the box before its
+        # active set settled can, and the sliver of it that backtracking keeps says nothing
+        # about convergence.
+        scale = np.maximum(new_energy, 1.0)
+        small = better & (predicted > -scale) & (old - new_energy <= tol * scale)
         stuck = ~better & (mu[alive] > 1e4)  # damped to a tiny gradient step: no progress left
         done = small | stuck
         converged[alive[done]] = True
@@ -744,11 +900,12 @@ def fit_landmarks(
     """Fit pose, f_s and f_exp to B faces' 68 landmarks (B, 68, 2) at once (Sec. III-C).
 
     `camera` is one Camera for all faces or one per face. `init` starts from a previous
-    result (e.g. the last video frame). A fit is `converged` when an LM step lowered its
-    energy by less than `tol` * max(energy, 1 px^2) (or no step could lower it) within
-    `max_iter` iterations, every value is finite, and its RMSE is below `max_rmse_fraction`
-    of the landmarks' bounding-box diagonal; faces with non-finite landmarks come back
-    unconverged with NaN results.
+    result (e.g. the last video frame). A fit is `converged` when an LM step that went down
+    its model lowered the energy by less than `tol` * max(energy, 1 px^2) (or no step could
+    lower it) within `max_iter` iterations, every value is finite, and its RMSE is
+    below `max_rmse_fraction` of the landmarks' bounding-box diagonal; faces with non-finite
+    landmarks come back unconverged with NaN results. The first call in a process compiles
+    the step's kernels (`compile_kernels`).
     """
     target = np.asarray(landmarks, np.float64)
     if target.ndim == 2:

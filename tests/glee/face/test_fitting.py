@@ -3,6 +3,9 @@ batching, warm starts, failures."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -10,7 +13,9 @@ from glee.face.camera import Camera, project, rotation_matrix
 from glee.face.default_model import default_model, landmark_moving_expressions
 from glee.face.fitting import (
     _box_qp,
+    _lm_step,
     _rotation_and_axes,
+    compile_kernels,
     fit_energy,
     fit_landmarks,
     fit_residuals_and_jacobian,
@@ -99,23 +104,113 @@ def test_box_qp_returns_the_constrained_minimum_given_its_active_set():
     multiplier pushes outwards. Told that active set, one solve must give d* exactly."""
     rng = np.random.default_rng(0)
     n, p = 50, 8
-    j = rng.normal(size=(n, 12, p))
-    s_mat = j.transpose(0, 2, 1) @ j + 0.01 * np.eye(p)
-    lo, hi = -rng.uniform(0, 1, (n, p)), rng.uniform(0, 1, (n, p))
-    side = rng.integers(0, 3, (n, p))  # 0 free, 1 at lo, 2 at hi
-    side[:, 0] = 0
-    lo = np.where(side == 1, 0.0, lo)  # a variable at its lower bound: no room below
-    hi = np.where(side == 2, 0.0, hi)
-    d_star = np.where(side == 0, rng.uniform(lo / 2, hi / 2), 0.0)
-    mult = np.where(side == 1, rng.uniform(0.1, 1, (n, p)), 0.0)
-    mult = np.where(side == 2, -rng.uniform(0.1, 1, (n, p)), mult)
-    s_vec = mult - (s_mat @ d_star[..., None])[..., 0]  # KKT: S d* + s = multipliers
-    d, active = _box_qp(s_mat, s_vec, lo, hi, side > 0, passes=4)
-    np.testing.assert_allclose(d, d_star, atol=1e-9)
-    np.testing.assert_array_equal(active, side > 0)
-    # Without the hint it still returns a point inside the box.
-    d, _ = _box_qp(s_mat, s_vec, lo, hi, np.zeros((n, p), bool), passes=4)
-    assert (d >= lo).all() and (d <= hi).all()
+    for _ in range(n):
+        j = rng.normal(size=(12, p))
+        s_mat = j.T @ j + 0.01 * np.eye(p)
+        lo, hi = -rng.uniform(0, 1, p), rng.uniform(0, 1, p)
+        side = rng.integers(0, 3, p)  # 0 free, 1 at lo, 2 at hi
+        side[0] = 0
+        lo = np.where(side == 1, 0.0, lo)  # a variable at its lower bound: no room below
+        hi = np.where(side == 2, 0.0, hi)
+        d_star = np.where(side == 0, rng.uniform(lo / 2, hi / 2), 0.0)
+        mult = np.where(side == 1, rng.uniform(0.1, 1, p), 0.0)
+        mult = np.where(side == 2, -rng.uniform(0.1, 1, p), mult)
+        s_vec = mult - s_mat @ d_star  # KKT: S d* + s = multipliers
+        root = np.linalg.cholesky(s_mat)  # the kernel takes S as R R^T
+        d, active = _box_qp(root, s_vec, lo, hi, side > 0, 4)
+        np.testing.assert_allclose(d, d_star, atol=1e-9)
+        np.testing.assert_array_equal(active, side > 0)
+        # Without the hint it still returns a point inside the box.
+        d, _ = _box_qp(root, s_vec, lo, hi, np.zeros(p, bool), 4)
+        assert (d >= lo).all() and (d <= hi).all()
+
+
+def _damped_gram(jac, reg, mu, ridge, q):
+    """H = J^T J + diag(reg) + mu diag(J^T J) (floored) + ridge I_coef, in float64."""
+    h = jac.transpose(0, 2, 1) @ jac
+    diag = np.einsum("nii->ni", h).copy()
+    damped = diag.copy()
+    ridge_p = np.r_[np.zeros(6), np.full(h.shape[-1] - 6, ridge)]
+    for block in (slice(0, q), slice(q, None)):
+        floor = 1e-9 * diag[:, block].max(1, keepdims=True) + 1e-12
+        damped[:, block] += (
+            reg[block] + ridge_p[block] + mu[:, None] * np.maximum(diag[:, block], floor)
+        )
+    np.einsum("nii->ni", h)[...] = damped
+    return h
+
+
+def _random_lm_problem(rng, n=6, rows=40, ns=5, ne=7):
+    p = 6 + ns + ne
+    jac = rng.normal(size=(n, rows, p)) * np.r_[np.full(6, 3.0), np.ones(ns + ne)]
+    grad = rng.normal(size=(n, p)) * 5.0
+    lo = np.r_[np.full(6, -np.inf), np.full(ns, -3.0), np.zeros(ne)]
+    hi = np.r_[np.full(6, np.inf), np.full(ns, 3.0), np.ones(ne)]
+    reg = np.r_[np.zeros(6), np.full(ns + ne, 1e-4)]
+    mu, ridge, q = rng.uniform(0, 1e-3, n), 1e-3, 6 + ns
+    return jac, grad, lo, hi, reg, mu, ridge, q
+
+
+def test_lm_step_equals_the_dense_newton_step_inside_the_box():
+    """Far from every bound the compiled step is the damped Gauss-Newton step, H^-1 g,
+    up to the float32 factorisation."""
+    rng = np.random.default_rng(3)
+    jac, grad, lo, hi, reg, mu, ridge, q = _random_lm_problem(rng)
+    grad *= 1e-3  # small steps: no bound is reached
+    vars_ = np.r_[np.zeros(6), np.zeros(q - 6), np.full(len(lo) - q, 0.5)] * np.ones((6, 1))
+    hint = np.zeros((6, len(lo) - 6), bool)
+    step, active = _lm_step(jac, grad, vars_, lo, hi, reg, mu, ridge, q, hint, 4)
+    dense = -np.linalg.solve(_damped_gram(jac, reg, mu, ridge, q), grad[..., None])[..., 0]
+    np.testing.assert_allclose(step, dense, rtol=0, atol=1e-4 * np.abs(dense).max())
+    assert not active.any()
+
+
+def test_lm_step_meets_the_kkt_conditions_of_the_box():
+    """Large steps against the bounds: the step must be feasible and, once the active set
+    has settled, optimal for the damped quadratic model: zero model gradient on the pose and
+    the free coefficients, pointing out of the box on the pinned ones."""
+    rng = np.random.default_rng(4)
+    jac, grad, lo, hi, reg, mu, ridge, q = _random_lm_problem(rng)
+    vars_ = np.clip(rng.normal(0, 1, (6, len(lo))), lo, hi)
+    vars_[:, q:] = np.where(rng.uniform(size=(6, len(lo) - q)) < 0.5, 0.0, vars_[:, q:])
+    hint = np.zeros((6, len(lo) - 6), bool)
+    step, active = _lm_step(jac, grad, vars_, lo, hi, reg, mu, ridge, q, hint, 30)
+    x = vars_ + step
+    assert (x >= lo - 1e-9).all() and (x <= hi + 1e-9).all()
+    at_lo, at_hi = x <= lo + 1e-7, x >= hi - 1e-7
+    assert (at_lo | at_hi)[:, 6:].any(1).all()  # every face meets some bound
+    model_grad = (_damped_gram(jac, reg, mu, ridge, q) @ step[..., None])[..., 0] + grad
+    tol = 1e-3 * np.abs(grad).max()
+    free = ~(at_lo | at_hi)
+    assert np.abs(model_grad[free]).max() < tol
+    assert (model_grad[at_lo] > -tol).all() and (model_grad[at_hi] < tol).all()
+    np.testing.assert_array_equal(active, (at_lo | at_hi)[:, 6:])
+
+
+def test_lm_step_of_a_degenerate_face_is_damped_or_zero():
+    """A face whose J^T J is singular is factored again with a ridge of 1e-9 of its largest
+    diagonal entry; one whose Jacobian is not finite gets no step; neither changes its
+    neighbours' steps."""
+    rng = np.random.default_rng(5)
+    jac, grad, lo, hi, reg, mu, ridge, q = _random_lm_problem(rng)
+    lo, hi = np.full_like(lo, -np.inf), np.full_like(hi, np.inf)  # no bound in the way
+    vars_, hint = np.zeros((6, len(lo))), np.zeros((6, len(lo) - 6), bool)
+
+    def steps(faces):
+        return _lm_step(jac[faces], grad[faces], vars_[faces], lo, hi, 0 * reg, 0 * mu[faces],
+                        0.0, q, hint[faces], 4)[0]  # fmt: skip
+
+    alone = steps([0])
+    jac[1, :, 2] = jac[1, :, 3] = 0.0  # two pose columns without effect: J^T J singular
+    jac[2, 0, 0] = np.nan
+    step = steps(np.arange(6))
+    h = jac[1].T @ jac[1]
+    ridge_1 = 1e-9 * np.abs(np.diag(h)).max()
+    expected = -np.linalg.solve(h + ridge_1 * np.eye(len(h)), grad[1])
+    np.testing.assert_allclose(step[1], expected, rtol=1e-3, atol=1e-3)
+    assert np.abs(step[1, 2]) > 1e6  # the ridge alone holds the columns without effect
+    assert (step[2] == 0).all()
+    np.testing.assert_array_equal(step[0], alone[0])
 
 
 def test_energy_is_hand_computable():
@@ -248,3 +343,18 @@ def test_a_blendshape_that_moves_no_landmark_stays_at_zero():
     assert (res.expression[:, -1] == 0).all() and res.rmse.max() < 1.0
     res.expression[:, -1] = 0.7
     assert (fit_landmarks(model, uv, CAM, init=res).expression[:, -1] == 0).all()
+
+
+def test_step_kernels_load_from_the_disk_cache_in_a_new_process():
+    """The compiled step is written to numba's on-disk cache, so a process that did not
+    compile it (a new Ray worker) loads it instead of paying the compilation."""
+    compile_kernels()  # compiles and writes the cache, or loads it
+    script = (
+        "from glee.face import fitting; fitting.compile_kernels(); "
+        "print(len(fitting._face_steps.stats.cache_hits), "
+        "len(fitting._face_steps.stats.cache_misses))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split() == ["1", "0"]  # one signature, loaded, none compiled
