@@ -39,8 +39,9 @@ from glee.face.alignment import align_face
 from glee.synthetic.presets import PRESETS
 from glee.synthetic.world import FEC_PROTOTYPES
 from glee.synthetic.writers import synthesize
+from glee_platform.data import CROP_SIZE
 
-CROP = 176  # the evaluation crop of training (DESIGN.md, alignment)
+CROP = CROP_SIZE  # the evaluation crop of training (DESIGN.md, alignment)
 NUM_CLASSES = len(FEC_PROTOTYPES)
 
 
