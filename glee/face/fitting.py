@@ -17,13 +17,14 @@ Residual vector (what `fit_residuals_and_jacobian` returns, ||r||^2 = E):
         by the polyline's number of segments)
     sqrt(reg_shape) f_s, sqrt(reg_expression) f_exp
 
-Solver: Levenberg-Marquardt with analytic Jacobians over chunks of faces. Residuals, the
-Jacobian and every energy are numpy, vectorised over the chunk (no loop per face): given the
-pose, the model landmarks are linear in f_s and f_exp, so their Jacobian columns are the
-bases seen through the projection's derivative, written for all faces at once, residual row
-by residual row. The step is solved face by face in compiled kernels (numba, plain loops
+Solver: Levenberg-Marquardt with analytic Jacobians over chunks of faces, no Python loop
+per face. Residuals and the Jacobian come from one compiled loop over the chunk's faces
+(numba, `_face_residuals`): given the pose, the model landmarks are linear in f_s and f_exp,
+so their Jacobian columns are the bases seen through the projection's derivative, (g R) B
+per residual row. The step is solved face by face in compiled kernels too (plain loops
 around BLAS GEMM (J^T J) and LAPACK xPOTRF (its Cholesky factor) through numba's own
-`np.dot` and `np.linalg.cholesky`; `_face_steps`).
+`np.dot` and `np.linalg.cholesky`; `_face_steps`); the LM's bookkeeping (acceptance,
+damping, backtracking, convergence) is numpy over the chunk.
 Each iteration solves
 
     (J^T J + diag(reg) + mu diag(J^T J) + ridge I) step = -(J^T r + reg * coefficients)
@@ -82,6 +83,8 @@ LEAVE_TOL = 1e-7  # a step past a bound by less than this is clipped, not pinned
 # The first steps start from the mean shape's pose; without it they throw the weakly
 # determined shape directions to their bounds, where some fits stay.
 COEF_DAMPING = (1e-2, 0.03)
+# Compiled kernels (residuals and Jacobian, the LM step), cached on disk (module docstring).
+_jit = numba.njit(cache=True, fastmath={"reassoc", "contract", "arcp", "nsz"})
 
 
 @dataclass
@@ -153,16 +156,16 @@ class _Problem:
             for j in contour[1:-1]:
                 polyline.setdefault(int(j), tuple(int(c) for c in contour))
         self.points = np.array([i for i in range(68) if i not in polyline], np.int64)
-        # Sliding landmarks grouped by the number of segments of their polyline, each group
-        # with its (S_g, M_g) segment start and end indices into the detected landmarks.
-        self.groups: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        for m in sorted({len(c) - 1 for c in polyline.values()}):
-            members = [j for j, c in polyline.items() if len(c) - 1 == m]
-            ends = np.array([polyline[j] for j in members], np.int64)  # (S_g, M_g + 1)
-            self.groups.append((np.array(members, np.int64), ends[:, :-1], ends[:, 1:]))
-        self.sliding = np.concatenate(
-            [np.zeros(0, np.int64), *(members for members, _, _ in self.groups)]
+        # Sliding landmarks grouped by the number of segments of their polyline; each one's
+        # segments, as start and end indices into the detected landmarks, are the
+        # slide_off[s]:slide_off[s + 1] entries of seg_start and seg_end.
+        members = sorted(polyline, key=lambda j: (len(polyline[j]), j))
+        self.sliding = np.array(members, np.int64).reshape(-1)
+        self.slide_off = np.r_[0, np.cumsum([len(polyline[j]) - 1 for j in members])].astype(
+            np.int64
         )
+        self.seg_start = np.array([i for j in members for i in polyline[j][:-1]], np.int64)
+        self.seg_end = np.array([i for j in members for i in polyline[j][1:]], np.int64)
         # Landmark of each data row: 2 rows per point landmark, then 1 per sliding landmark.
         self.row_landmark = np.r_[np.repeat(self.points, 2), self.sliding]
         self.rows = len(self.row_landmark)
@@ -176,6 +179,7 @@ class _Problem:
         self.still = POSE_DIM + np.flatnonzero(~moves)  # theta columns held at 0
         self.pose_shape = POSE_DIM + int(moves[: self.ns].sum())  # unknowns before f_exp
         self.basis_fit = np.ascontiguousarray(self.basis_rows[..., moves])
+        self.basis_none = np.zeros((self.rows, 3, 0))  # pose-only Jacobians
         # Closed-form scaled-orthographic pose init on the mean shape: [X 1]^+ (4, 68).
         design = np.c_[self.mean, np.ones(68)]
         self.mean_pinv = np.linalg.pinv(design)
@@ -230,30 +234,31 @@ class _Targets:
     """Detected landmarks with their contour segments precomputed (fixed during a fit)."""
 
     points: np.ndarray  # (n, 2 P) point-landmark targets, row order
-    segments: list[np.ndarray]  # per group (7, n, S_g, M_g): ax, ay, dx, dy, 1/|d|^2, nx, ny
+    # (n, T, 7) every sliding landmark's polyline segments, landmark after landmark
+    # (`_Problem.slide_off`): start ax, ay; vector dx, dy; 1/|d|^2; unit left normal nx, ny
+    segments: np.ndarray
 
     def __len__(self) -> int:
         return len(self.points)
 
     def __getitem__(self, idx: np.ndarray) -> _Targets:
-        return _Targets(self.points[idx], [seg[:, idx] for seg in self.segments])
+        return _Targets(self.points[idx], self.segments[idx])
 
 
 def _targets(prob: _Problem, target: np.ndarray) -> _Targets:
     n = len(target)
-    segments = []
-    for _, starts, ends in prob.groups:
-        a = target[:, starts]  # (n, S_g, M_g, 2)
-        d = target[:, ends] - a  # segment vectors
-        dd = d[..., 0] ** 2 + d[..., 1] ** 2
-        inv_dd = np.where(dd > 1e-12, 1.0 / np.maximum(dd, 1e-12), 0.0)
-        unit = np.sqrt(inv_dd)
-        # The unit left normal (-dy, dx) gives the point-to-curve distance its sign.
-        segments.append(
-            np.stack([a[..., 0], a[..., 1], d[..., 0], d[..., 1], inv_dd, -d[..., 1] * unit,
-                      d[..., 0] * unit])
-        )  # fmt: skip
-    return _Targets(target[:, prob.points].reshape(n, -1), segments)
+    a = target[:, prob.seg_start]  # (n, T, 2)
+    d = target[:, prob.seg_end] - a  # segment vectors
+    dd = d[..., 0] ** 2 + d[..., 1] ** 2
+    inv_dd = np.where(dd > 1e-12, 1.0 / np.maximum(dd, 1e-12), 0.0)
+    unit = np.sqrt(inv_dd)
+    # The unit left normal (-dy, dx) gives the point-to-curve distance its sign.
+    segments = np.stack(
+        [a[..., 0], a[..., 1], d[..., 0], d[..., 1], inv_dd, -d[..., 1] * unit, d[..., 0] * unit],
+        -1,
+    )
+    points = target[:, prob.points].reshape(n, -1)
+    return _Targets(np.ascontiguousarray(points), np.ascontiguousarray(segments))
 
 
 def _rotated_model(prob: _Problem, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -266,27 +271,108 @@ def _rotated_model(prob: _Problem, theta: np.ndarray) -> tuple[np.ndarray, np.nd
     return x @ rot.transpose(0, 2, 1), rot, axes
 
 
-def _point_to_curve(
-    p: np.ndarray, seg: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Signed distance of points p (n, S, 2) to their polylines (`_Targets.segments`), and
-    the offset (bx, by) from the nearest foot and the normal (nx, ny) of its segment."""
-    ax, ay, dx, dy, inv_dd, nx, ny = seg  # (n, S, M) each
-    ex = p[..., 0, None] - ax  # offsets from each segment start
-    ey = p[..., 1, None] - ay
-    t = ex * dx
-    t += ey * dy
-    t *= inv_dd
-    np.clip(t, 0.0, 1.0, out=t)
-    ex -= t * dx  # offsets from the foot on each segment
-    ey -= t * dy
-    dist2 = ex * ex
-    dist2 += ey * ey
-    n, s = dist2.shape[:2]
-    pick = (np.arange(n)[:, None], np.arange(s), dist2.argmin(-1))
-    bx, by, bnx, bny = ex[pick], ey[pick], nx[pick], ny[pick]  # (n, S) at the nearest segment
-    dist = np.sqrt(bx * bx + by * by)
-    return np.where(bx * bnx + by * bny < 0, -dist, dist), bx, by, bnx, bny
+@_jit
+def _face_residuals(
+    mean: np.ndarray,
+    basis_flat: np.ndarray,
+    points: np.ndarray,
+    sliding: np.ndarray,
+    slide_off: np.ndarray,
+    basis_rows: np.ndarray,
+    row_landmark: np.ndarray,
+    theta: np.ndarray,
+    cams: np.ndarray,
+    tpoints: np.ndarray,
+    segments: np.ndarray,
+    jacobian: bool,
+    res: np.ndarray,
+    jac: np.ndarray,
+) -> None:
+    """Residuals `res` (n, rows) and, if `jacobian`, their Jacobian `jac` (rows, n, 6 + C)
+    with respect to the pose and the C coefficients of `basis_rows` (rows, 3, C), face by
+    face (`_evaluate` documents the arguments)."""
+    n, k = theta.shape[0], basis_flat.shape[1]
+    npt, cols = len(points), basis_rows.shape[2]
+    y = np.empty((68, 3))  # camera frame
+    rx = np.empty((68, 3))  # R x
+    g = np.empty((len(row_landmark), 3))  # d residual / d camera-frame point
+    rot = np.empty((3, 3))
+    for i in range(n):
+        yaw, pitch, roll = theta[i, 0], theta[i, 1], theta[i, 2]
+        cy, sy, cp, sp = np.cos(yaw), np.sin(yaw), np.cos(pitch), np.sin(pitch)
+        cr, sr = np.cos(roll), np.sin(roll)
+        # R = Rz(roll) Ry(yaw) Rx(pitch), as `_rotation_and_axes`
+        rot[0, 0], rot[0, 1], rot[0, 2] = cr * cy, cr * sy * sp - sr * cp, cr * sy * cp + sr * sp
+        rot[1, 0], rot[1, 1], rot[1, 2] = sr * cy, sr * sy * sp + cr * cp, sr * sy * cp - cr * sp
+        rot[2, 0], rot[2, 1], rot[2, 2] = -sy, cy * sp, cy * cp
+        f, cx0, cy0 = cams[i, 0], cams[i, 1], cams[i, 2]
+        for lm in range(68):  # Eq. 5 landmarks: x = mean + B f, then R x + t
+            x0, x1, x2 = mean[lm, 0], mean[lm, 1], mean[lm, 2]
+            for j in range(k):
+                c = theta[i, POSE_DIM + j]
+                x0 += basis_flat[3 * lm, j] * c
+                x1 += basis_flat[3 * lm + 1, j] * c
+                x2 += basis_flat[3 * lm + 2, j] * c
+            for a in range(3):
+                rx[lm, a] = rot[a, 0] * x0 + rot[a, 1] * x1 + rot[a, 2] * x2
+                y[lm, a] = rx[lm, a] + theta[i, 3 + a]
+        for p in range(npt):  # point landmarks: u - u*, v - v*
+            lm = points[p]
+            inv_z = 1.0 / y[lm, 2]
+            xz, yz = y[lm, 0] * inv_z, y[lm, 1] * inv_z
+            res[i, 2 * p] = f * xz + cx0 - tpoints[i, 2 * p]
+            res[i, 2 * p + 1] = f * yz + cy0 - tpoints[i, 2 * p + 1]
+            fz = f * inv_z
+            g[2 * p, 0], g[2 * p, 1], g[2 * p, 2] = fz, 0.0, -fz * xz
+            g[2 * p + 1, 0], g[2 * p + 1, 1], g[2 * p + 1, 2] = 0.0, fz, -fz * yz
+        for s in range(len(sliding)):  # Sec. III-C: signed distance to the detected polyline
+            lm, row = sliding[s], 2 * npt + s
+            inv_z = 1.0 / y[lm, 2]
+            xz, yz = y[lm, 0] * inv_z, y[lm, 1] * inv_z
+            u, v = f * xz + cx0, f * yz + cy0
+            best, bx, by, bnx, bny = np.inf, 0.0, 0.0, 0.0, 0.0
+            for m in range(slide_off[s], slide_off[s + 1]):
+                seg = segments[i, m]
+                ex, ey = u - seg[0], v - seg[1]
+                t = min(max((ex * seg[2] + ey * seg[3]) * seg[4], 0.0), 1.0)
+                ex -= t * seg[2]  # offset from the foot on this segment
+                ey -= t * seg[3]
+                d2 = ex * ex + ey * ey
+                if d2 < best:  # the first nearest segment on ties
+                    best, bx, by, bnx, bny = d2, ex, ey, seg[5], seg[6]
+            dist = np.sqrt(bx * bx + by * by)
+            if bx * bnx + by * bny < 0:
+                dist = -dist
+            res[i, row] = dist
+            # d distance / d projected point: the unit offset from the foot (the segment's
+            # normal when the point lies on the curve).
+            if abs(dist) > 1e-9:
+                ux, uy = bx / dist, by / dist
+            else:
+                ux, uy = bnx, bny
+            fz = f * inv_z
+            g[row, 0], g[row, 1], g[row, 2] = fz * ux, fz * uy, -fz * (ux * xz + uy * yz)
+        if not jacobian:
+            continue
+        for r in range(len(row_landmark)):
+            lm = row_landmark[r]
+            g0, g1, g2 = g[r, 0], g[r, 1], g[r, 2]
+            # Pose: d y / d angle_a = axis_a x (R x), so the entry is axis_a . (R x  x  g),
+            # with axes Rz e_y (yaw), R e_x (pitch), e_z (roll); d y / d t = I.
+            q0, q1, q2 = rx[lm, 0], rx[lm, 1], rx[lm, 2]
+            c0, c1, c2 = q1 * g2 - q2 * g1, q2 * g0 - q0 * g2, q0 * g1 - q1 * g0
+            jac[r, i, 0] = -sr * c0 + cr * c1
+            jac[r, i, 1] = rot[0, 0] * c0 + rot[1, 0] * c1 + rot[2, 0] * c2
+            jac[r, i, 2] = c2
+            jac[r, i, 3], jac[r, i, 4], jac[r, i, 5] = g0, g1, g2
+            # Coefficients: d y / d f = R B, so the entries are (g R) B.
+            w0 = g0 * rot[0, 0] + g1 * rot[1, 0] + g2 * rot[2, 0]
+            w1 = g0 * rot[0, 1] + g1 * rot[1, 1] + g2 * rot[2, 1]
+            w2 = g0 * rot[0, 2] + g1 * rot[1, 2] + g2 * rot[2, 2]
+            for j in range(cols):
+                jac[r, i, POSE_DIM + j] = (
+                    w0 * basis_rows[r, 0, j] + w1 * basis_rows[r, 1, j] + w2 * basis_rows[r, 2, j]
+                )
 
 
 def _evaluate(
@@ -302,74 +388,22 @@ def _evaluate(
     or the pose alone ("pose").
 
     theta (n, 6 + K); target (n, 68, 2) detected landmarks (or their `_Targets`); cams (n, 3).
-    The Jacobian is a view of a (rows, n, cols) array, filled residual row by residual row
-    for all faces at once; each face's (rows, cols) block is still a strided matrix that
-    BLAS reads without a copy.
+    Both come from one compiled loop over the faces (`_face_residuals`). The Jacobian is a
+    view of a (rows, n, cols) array, whose face blocks are strided matrices that BLAS and
+    the step's kernels read without a copy.
     """
     tg = target if isinstance(target, _Targets) else _targets(prob, target)
+    theta = np.ascontiguousarray(theta, np.float64)
     n = len(theta)
-    rx, rot, axes = _rotated_model(prob, theta)  # (n, 68, 3)
-    y = rx + theta[:, None, 3:6]  # camera frame
-    f, c = cams[:, None, 0], cams[:, None, 1:3]
-    inv_z = 1.0 / y[..., 2]
-    xy = y[..., :2] * inv_z[..., None]  # (n, 68, 2) normalised image coordinates
-    proj = f[..., None] * xy + c  # (n, 68, 2) pixels
-
-    # Point landmarks: 2 rows each; sliding landmarks: signed distance to the detected
-    # polyline (Sec. III-C, point-to-curve), group by group.
-    parts = [proj[:, prob.points].reshape(n, -1) - tg.points]
-    feet = []
-    for (members, _, _), seg in zip(prob.groups, tg.segments):
-        dist, *foot = _point_to_curve(proj[:, members], seg)
-        parts.append(dist)
-        feet.append((dist, *foot))
-    residual = np.concatenate(parts, 1)  # (n, rows)
-    if not jacobian:
-        return residual, None
-
-    # g = d residual / d (camera-frame point), rows first (rows, n, 3).
-    fz = (f * inv_z).T  # (68, n)
-    xz, yz = xy[..., 0].T, xy[..., 1].T
-    g = np.empty((prob.rows, n, 3))
-    npt = len(prob.points)
-    fz_p = fz[prob.points]
-    g[: 2 * npt : 2, :, 0] = fz_p  # u rows: f/z (1, 0, -x/z)
-    g[: 2 * npt : 2, :, 1] = 0.0
-    g[: 2 * npt : 2, :, 2] = -fz_p * xz[prob.points]
-    g[1 : 2 * npt : 2, :, 0] = 0.0  # v rows: f/z (0, 1, -y/z)
-    g[1 : 2 * npt : 2, :, 1] = fz_p
-    g[1 : 2 * npt : 2, :, 2] = -fz_p * yz[prob.points]
-    row = 2 * npt
-    for (members, _, _), (dist, bx, by, bnx, bny) in zip(prob.groups, feet):
-        # d distance / d projected point: the unit offset from the foot (the segment's
-        # normal when the point lies on the curve).
-        safe = np.abs(dist) > 1e-9
-        inv = 1.0 / np.where(safe, dist, 1.0)
-        ux, uy = np.where(safe, bx * inv, bnx).T, np.where(safe, by * inv, bny).T  # (S, n)
-        fz_s, end = fz[members], row + len(members)
-        g[row:end, :, 0] = fz_s * ux
-        g[row:end, :, 1] = fz_s * uy
-        g[row:end, :, 2] = -fz_s * (ux * xz[members] + uy * yz[members])
-        row = end
-
-    basis = {"all": prob.basis_rows, "fit": prob.basis_fit, "pose": None}[columns]
-    cols = POSE_DIM + (0 if basis is None else basis.shape[-1])
-    jac = np.empty((prob.rows, n, cols))
-    # Pose: d y / d angle_k = axis_k x (R x), so the row is g . (axis_k x R x) =
-    # axis_k . (R x  x  g); d y / d t = I.
-    q = rx.transpose(1, 0, 2)[prob.row_landmark]  # (rows, n, 3)
-    cross = np.empty_like(g)
-    cross[..., 0] = q[..., 1] * g[..., 2] - q[..., 2] * g[..., 1]
-    cross[..., 1] = q[..., 2] * g[..., 0] - q[..., 0] * g[..., 2]
-    cross[..., 2] = q[..., 0] * g[..., 1] - q[..., 1] * g[..., 0]
-    for k in range(3):
-        jac[..., k] = (cross * axes[:, k]).sum(-1)
-    jac[..., 3:6] = g
-    if basis is not None:
-        # Coefficients: d y / d f = R B, so the row is (g R) B: per row a (n, 3) @ (3, K).
-        w = g[..., 0, None] * rot[:, 0] + g[..., 1, None] * rot[:, 1] + g[..., 2, None] * rot[:, 2]
-        np.einsum("rna,rak->rnk", w, basis, out=jac[..., POSE_DIM:])  # (rows, n, K)
-    return residual, jac.transpose(1, 0, 2)
+    basis = {"all": prob.basis_rows, "fit": prob.basis_fit, "pose": prob.basis_none}[columns]
+    res = np.empty((n, prob.rows))
+    jac = np.empty((prob.rows, n, POSE_DIM + basis.shape[-1]) if jacobian else (0, 0, 0))
+    _face_residuals(
+        prob.mean, prob.basis_flat, prob.points, prob.sliding, prob.slide_off, basis,
+        prob.row_landmark, theta, np.ascontiguousarray(cams, np.float64), tg.points,
+        tg.segments, jacobian, res, jac,
+    )  # fmt: skip
+    return res, (jac.transpose(1, 0, 2) if jacobian else None)
 
 
 def _energy(prob: _Problem, theta: np.ndarray, residual: np.ndarray) -> np.ndarray:
@@ -405,7 +439,6 @@ def _initial_pose(prob: _Problem, target: np.ndarray, cams: np.ndarray) -> np.nd
 # is the same arithmetic whichever faces share its batch. They are plain loops around BLAS
 # GEMM (J^T J, `np.dot`) and LAPACK xPOTRF (`np.linalg.cholesky`), which numba calls through
 # scipy's Cython interface looked up at load time, so the compiled code is cached on disk.
-_jit = numba.njit(cache=True, fastmath={"reassoc", "contract", "arcp", "nsz"})
 
 
 @_jit
@@ -724,7 +757,7 @@ def _lm_step(
 
 
 def compile_kernels() -> float:
-    """Load the step's kernels now (`fit_landmarks` otherwise does it on its first call):
+    """Load the fit's kernels now (`fit_landmarks` otherwise does it on its first call):
     from numba's on-disk cache, well under a second, or compiled and written to that cache
     by the first process on a machine (about ten CPU-seconds). Returns the seconds it took."""
     start = time.perf_counter()
@@ -734,6 +767,15 @@ def compile_kernels() -> float:
     hint = np.zeros((2, p - POSE_DIM), bool)
     _lm_step(jac, np.ones((2, p)), np.zeros((2, p)), lo, -lo, np.ones(p), np.ones(2), 0.0, q,
              hint, 2)  # fmt: skip
+    # Residuals of one face of a one-basis model: landmark 0 a point, landmark 1 sliding on
+    # the one-segment polyline 0-2, the rest unused.
+    mean = np.c_[np.zeros((68, 2)), np.full(68, 500.0)]
+    one, idx = np.ones((1, 2)), functools.partial(np.array, dtype=np.int64)
+    _face_residuals(
+        mean, np.ones((204, 1)), idx([0]), idx([1]), idx([0, 1]), np.ones((3, 3, 1)),
+        idx([0, 0, 1]), np.zeros((1, POSE_DIM + 1)), np.array([[500.0, 0.0, 0.0]]), one,
+        np.ones((1, 1, 7)), True, np.empty((1, 3)), np.empty((3, 1, POSE_DIM + 1)),
+    )  # fmt: skip
     return time.perf_counter() - start
 
 

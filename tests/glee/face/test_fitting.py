@@ -351,10 +351,19 @@ def test_step_kernels_load_from_the_disk_cache_in_a_new_process():
     compile_kernels()  # compiles and writes the cache, or loads it
     script = (
         "from glee.face import fitting; fitting.compile_kernels(); "
-        "print(len(fitting._face_steps.stats.cache_hits), "
-        "len(fitting._face_steps.stats.cache_misses))"
+        "from glee.face.default_model import default_model; "
+        "fitting.fit_landmarks(default_model(), fitting.np.random.default_rng(0).normal("
+        "100, 20, (2, 68, 2)), fitting.Camera.for_image(256, 256)); "
+        "print(*(len(getattr(fitting, k).stats.cache_hits) for k in ks), "
+        "*(len(getattr(fitting, k).stats.cache_misses) for k in ks), "
+        "*(len(getattr(fitting, k).signatures) for k in ks))"
     )
+    kernels = "['_face_steps', '_face_residuals']"
     out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+        [sys.executable, "-c", f"ks = {kernels}; {script}"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
-    assert out.split() == ["1", "0"]  # one signature, loaded, none compiled
+    # One signature each, loaded, none compiled, and a real fit compiles nothing more.
+    assert out.split() == ["1", "1", "0", "0", "1", "1"]
