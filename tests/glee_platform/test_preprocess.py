@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from glee.datasets.records import DATASET_AUS
-from glee_platform.preprocess import PreprocessError, preprocess_dataset
+from glee_platform.preprocess import PreprocessError, _shards_per_call, preprocess_dataset
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[2]
@@ -128,6 +128,9 @@ def test_resume_after_injected_failure_gives_the_uninterrupted_rows(
         "bp4d", tiny_world["bp4d"], out, num_cpus=1, shard_size=4, progress=False
     )
     assert 0 < len(partial) < summary.shards_total
+    # The failure hit the middle of an actor call of several shards: the shards that call
+    # finished before it are kept.
+    assert _shards_per_call(summary.shards_total, 1) > 2
     assert summary.shards_run == summary.shards_total - len(partial)
     resumed = _faces(out).sort_values(["subject", "task", "frame"]).reset_index(drop=True)
     clean = _faces(prepped["bp4d"]).sort_values(["subject", "task", "frame"]).reset_index(drop=True)
