@@ -64,6 +64,8 @@ def test_every_frame_is_a_row_or_an_error_and_labels_match(name, tiny_world, pre
     manifest = pd.read_json(prepped[name] / "manifest.json", typ="series")
     assert manifest["au_names"] == [f"AU{a}" for a in DATASET_AUS[name]]
     assert manifest["rows_ok"] == len(faces)
+    # the fold of every subject with a row, and of no other
+    assert manifest["folds"] == dict(sorted(zip(faces.subject, faces.fold.astype(int))))
 
 
 @pytest.mark.parametrize("name", ["bp4d", "disfa"])
