@@ -261,14 +261,14 @@ def _targets(prob: _Problem, target: np.ndarray) -> _Targets:
     return _Targets(np.ascontiguousarray(points), np.ascontiguousarray(segments))
 
 
-def _rotated_model(prob: _Problem, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The model's landmarks (Eq. 5) rotated into the camera frame, R x (n, 68, 3); R; axes."""
+def _rotated_model(prob: _Problem, theta: np.ndarray) -> np.ndarray:
+    """The model's landmarks (Eq. 5) rotated into the camera frame, R x (n, 68, 3)."""
     n = len(theta)
     # One product per face (not one for the batch): a face's result must not depend on
     # which faces share its batch, to the last bit.
     x = prob.mean + (theta[:, None, POSE_DIM:] @ prob.basis_flat.T).reshape(n, 68, 3)
-    rot, axes = _rotation_and_axes(theta[:, :3])
-    return x @ rot.transpose(0, 2, 1), rot, axes
+    rot, _ = _rotation_and_axes(theta[:, :3])
+    return x @ rot.transpose(0, 2, 1)
 
 
 @_jit
@@ -413,7 +413,7 @@ def _energy(prob: _Problem, theta: np.ndarray, residual: np.ndarray) -> np.ndarr
 
 def _rmse(prob: _Problem, theta: np.ndarray, target: np.ndarray, cams: np.ndarray) -> np.ndarray:
     """Plain point-to-point RMSE over the 68 landmarks, pixels."""
-    rx, _, _ = _rotated_model(prob, theta)
+    rx = _rotated_model(prob, theta)
     y = rx + theta[:, None, 3:6]
     proj = cams[:, None, :1] * y[..., :2] / y[..., 2:3] + cams[:, None, 1:3]
     return np.sqrt(np.mean(np.sum((proj - target) ** 2, -1), -1))
