@@ -113,7 +113,9 @@ def input_reliance(run: Path, prep: Path, dataset: str, seed: int) -> dict[str, 
     out: dict[str, list[float]] = {"intact": [], "E_exp permuted": [], "f_exp permuted": []}
     for k in finished_folds(run):
         ckpt = fold_checkpoint(run, k)
-        ev = evaluate_checkpoint(gcfg.to_dict(), ckpt, prep, dataset, [k], model_fold=k, threads=2)
+        ev = evaluate_checkpoint(
+            gcfg.to_dict(), ckpt, prep, dataset, [k], model_fold=k, threads=os.cpu_count() or 1
+        )
         net = load_model_weights(GLEENet(gcfg), ckpt)
         perm = torch.from_numpy(np.random.default_rng(seed + k).permutation(len(ev.labels)))
         e, f = torch.from_numpy(ev.e_exp), torch.from_numpy(ev.f_exp)
