@@ -47,8 +47,11 @@ from glee_platform import data as gdata
 from glee_platform.config import ConfigError, ExperimentConfig, load_config, resolve_preset
 from glee_platform.demo import ensure_preprocessed, needed_datasets
 from glee_platform.train import (
+    DONE_FILE,
     FinetuneResult,
     RunResult,
+    checkpoint_epoch,
+    checkpoints_newest_first,
     ensure_ray,
     model_config,
     pretrain_hash,
@@ -447,6 +450,20 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def unfinished_pretraining(folder: Path) -> str | None:
+    """The Train run name of a pretraining in `folder` (`<cache>/<hash>/pretrain`) that an
+    earlier trial started and did not finish (its trial died), if it left a checkpoint:
+    the newest such run. None when the folder's pretraining is done or never checkpointed."""
+    if (folder / DONE_FILE).is_file():
+        return None
+    newest: tuple[int, str] | None = None
+    for run in folder.glob("*_pretrain"):
+        found = checkpoints_newest_first(run)
+        if found and (newest is None or checkpoint_epoch(found[0]) > newest[0]):
+            newest = (checkpoint_epoch(found[0]), run.name)
+    return newest[1] if newest else None
+
+
 def cached_pretrain(
     cfg: ExperimentConfig, cache_dir: Path, trial_id: str | None = None
 ) -> RunResult:
@@ -454,7 +471,9 @@ def cached_pretrain(
 
     A lock per hash makes a concurrent trial of the same pretraining config wait and then
     reuse the run instead of pretraining a second time; `.reused` says which happened.
-    The Train run is named `<trial_id>_pretrain` after the trial that ran it.
+    The Train run is named `<trial_id>_pretrain` after the trial that ran it; a run that a
+    dead trial left unfinished is resumed from its last checkpoint, under its own name,
+    by the next trial of the same pretraining config.
     """
     pcfg = pretraining_config(cfg)
     key = pretrain_hash(pcfg)
@@ -462,6 +481,10 @@ def cached_pretrain(
     pcfg.resources.storage_path = str(cache_dir)
     name = f"{trial_id}_pretrain" if trial_id else None
     with _file_lock(Path(cache_dir) / f"{key}.lock"):
+        earlier = unfinished_pretraining(pcfg.run_dir / "pretrain")
+        if earlier is not None and earlier != name:
+            print(f"[glee] trial {trial_id}: resuming the unfinished pretraining {earlier}")
+            name = earlier
         return run_pretrain(pcfg, run_name=name)
 
 

@@ -370,3 +370,39 @@ def test_a_killed_search_resumes_without_rerunning_finished_trials(
         assert [r.parent.name for r in runs] == [f"{trial_id}_fold1"]
     assert (exp / "best.yaml").is_file()
     assert len(list(Path(storage, gtune.CACHE_DIR).glob("*/pretrain/done.json"))) == 1
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_dead_trials_pretraining_is_resumed_by_the_next_trial_of_its_config(
+    ray_session, toy_prep, tmp_path
+):
+    import ray.train
+
+    cfg = load_config(
+        "smoke",
+        [
+            f"data.prep={toy_prep}",
+            "pretrain.batch_size=12",
+            "pretrain.epochs=3",
+            "resources.max_failures=0",  # the first trial's Train run dies with its worker
+            # the worker exits at step 1 of epoch 1: epoch 0 is checkpointed, epoch 1 is not
+            "fault.epoch=1",
+            "fault.step=1",
+            "fault.rank=0",
+        ],
+    )
+    cache = tmp_path / "cache"
+    with pytest.raises(ray.train.TrainingFailedError):
+        gtune.cached_pretrain(cfg, cache, "trialA")
+    (folder,) = cache.glob("*/pretrain")
+    assert gtune.unfinished_pretraining(folder) == "trialA_pretrain"
+
+    pre = gtune.cached_pretrain(cfg, cache, "trialB")
+    # trial B carried on from trial A's epoch-0 checkpoint instead of starting over
+    assert [h["epoch"] for h in pre.history] == [0, 1, 2]
+    assert [h["start_epoch"] for h in pre.history] == [0, 1, 1]
+    assert pre.checkpoint.parent.name == "trialA_pretrain"
+    assert not (folder / "trialB_pretrain").exists()
+    assert gtune.unfinished_pretraining(folder) is None  # done: the next trial reuses it
+    assert gtune.cached_pretrain(cfg, cache, "trialC").reused
