@@ -12,8 +12,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,16 +19,14 @@ from typing import Any
 
 import yaml
 
+from glee.typed_config import ConfigError, at_least, choice, from_mapping, in_range, positive
+
 AU_DATASETS = ("bp4d", "bp4dplus", "disfa")
 ALL_DATASETS = (*AU_DATASETS, "fec")
 MODEL_PRESETS = ("tiny", "paper")
 INIT_CHOICES = ("pretrain", "none")
 SYNTHETIC_PRESETS = ("none", "tiny", "demo", "large")
 GPU_CHOICES = ("auto", True, False)
-
-
-class ConfigError(ValueError):
-    """A config value is wrong; the message names the field and the allowed values."""
 
 
 @dataclass
@@ -45,11 +41,11 @@ class DataSection:
     max_rows: int = 0  # > 0: use at most this many rows per split (smoke runs)
 
     def check(self) -> None:
-        _choice("data.dataset", self.dataset, AU_DATASETS)
-        _choice("data.synthetic", self.synthetic, SYNTHETIC_PRESETS)
-        _at_least("data.max_rows", self.max_rows, 0)
+        choice("data.dataset", self.dataset, AU_DATASETS)
+        choice("data.synthetic", self.synthetic, SYNTHETIC_PRESETS)
+        at_least("data.max_rows", self.max_rows, 0)
         for name in self.raw:
-            _choice("data.raw key", name, ALL_DATASETS)
+            choice("data.raw key", name, ALL_DATASETS)
 
 
 @dataclass
@@ -59,7 +55,7 @@ class ModelSection:
     overrides: dict[str, Any] = field(default_factory=dict)  # GLEEConfig fields
 
     def check(self) -> None:
-        _choice("model.preset", self.preset, MODEL_PRESETS)
+        choice("model.preset", self.preset, MODEL_PRESETS)
 
 
 @dataclass
@@ -76,14 +72,14 @@ class PretrainSection:
     max_triplets: int = 0  # > 0: use at most this many triplets per epoch source
 
     def check(self) -> None:
-        _positive("pretrain.lr", self.lr)
-        _range("pretrain.momentum", self.momentum, 0.0, 1.0)
-        _at_least("pretrain.weight_decay", self.weight_decay, 0.0)
-        _at_least("pretrain.batch_size", self.batch_size, 2)
-        _at_least("pretrain.epochs", self.epochs, 1)
-        _at_least("pretrain.margin_one", self.margin_one, 0.0)
-        _at_least("pretrain.margin_two_three", self.margin_two_three, 0.0)
-        _at_least("pretrain.max_triplets", self.max_triplets, 0)
+        positive("pretrain.lr", self.lr)
+        in_range("pretrain.momentum", self.momentum, 0.0, 1.0)
+        at_least("pretrain.weight_decay", self.weight_decay, 0.0)
+        at_least("pretrain.batch_size", self.batch_size, 2)
+        at_least("pretrain.epochs", self.epochs, 1)
+        at_least("pretrain.margin_one", self.margin_one, 0.0)
+        at_least("pretrain.margin_two_three", self.margin_two_three, 0.0)
+        at_least("pretrain.max_triplets", self.max_triplets, 0)
 
 
 @dataclass
@@ -101,22 +97,22 @@ class FinetuneSection:
     eval_dataset: str = ""  # cross-dataset: evaluate on all of this dataset
 
     def check(self) -> None:
-        _positive("finetune.lr", self.lr)
-        _range("finetune.momentum", self.momentum, 0.0, 1.0)
-        _at_least("finetune.weight_decay", self.weight_decay, 0.0)
-        _at_least("finetune.batch_size", self.batch_size, 1)
-        _at_least("finetune.eval_batch_size", self.eval_batch_size, 1)
-        _at_least("finetune.epochs", self.epochs, 1)
-        _at_least("finetune.eval_every", self.eval_every, 1)
-        _choice("finetune.init", self.init, INIT_CHOICES)
+        positive("finetune.lr", self.lr)
+        in_range("finetune.momentum", self.momentum, 0.0, 1.0)
+        at_least("finetune.weight_decay", self.weight_decay, 0.0)
+        at_least("finetune.batch_size", self.batch_size, 1)
+        at_least("finetune.eval_batch_size", self.eval_batch_size, 1)
+        at_least("finetune.epochs", self.epochs, 1)
+        at_least("finetune.eval_every", self.eval_every, 1)
+        choice("finetune.init", self.init, INIT_CHOICES)
         if not self.folds:
             raise ConfigError("finetune.folds is empty: list folds among 1, 2, 3")
         for k in self.folds:
-            _choice("finetune.folds entry", k, (1, 2, 3))
+            choice("finetune.folds entry", k, (1, 2, 3))
         if len(set(self.folds)) != len(self.folds):
             raise ConfigError(f"finetune.folds={self.folds} repeats a fold: list each once")
         if self.eval_dataset:
-            _choice("finetune.eval_dataset", self.eval_dataset, ("", *AU_DATASETS))
+            choice("finetune.eval_dataset", self.eval_dataset, ("", *AU_DATASETS))
 
 
 @dataclass
@@ -128,10 +124,10 @@ class ResourcesSection:
     max_failures: int = 2  # FailureConfig: restarts from the latest checkpoint
 
     def check(self) -> None:
-        _at_least("resources.num_workers", self.num_workers, 1)
-        _choice("resources.use_gpu", self.use_gpu, GPU_CHOICES)
-        _at_least("resources.cpus_per_worker", self.cpus_per_worker, 1)
-        _at_least("resources.max_failures", self.max_failures, -1)
+        at_least("resources.num_workers", self.num_workers, 1)
+        choice("resources.use_gpu", self.use_gpu, GPU_CHOICES)
+        at_least("resources.cpus_per_worker", self.cpus_per_worker, 1)
+        at_least("resources.max_failures", self.max_failures, -1)
 
 
 @dataclass
@@ -143,9 +139,9 @@ class FaultSection:
     rank: int = 0
 
     def check(self) -> None:
-        _at_least("fault.epoch", self.epoch, -1)
-        _at_least("fault.step", self.step, 0)
-        _at_least("fault.rank", self.rank, 0)
+        at_least("fault.epoch", self.epoch, -1)
+        at_least("fault.step", self.step, 0)
+        at_least("fault.rank", self.rank, 0)
 
     @property
     def enabled(self) -> bool:
@@ -244,7 +240,7 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ExperimentConfig:
-        return _build(cls, d, "").check()
+        return from_mapping(cls, d).check()
 
 
 _SECTIONS = ("data", "model", "pretrain", "finetune", "resources", "fault")
@@ -303,86 +299,3 @@ def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
             raise ConfigError(f"override {key!r}: {part!r} is a value, not a section")
         node = child
     node[parts[-1]] = value
-
-
-def _build(cls: type, d: Mapping[str, Any], prefix: str) -> Any:
-    if not isinstance(d, Mapping):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {d!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs: dict[str, Any] = {}
-    for key, value in d.items():
-        if key not in names:
-            raise ConfigError(
-                f"unknown config key {prefix}{key}: allowed keys are {', '.join(names)}"
-            )
-        kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, value: Any, name: str) -> Any:
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value or {}, f"{name}.")
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        for option in options:
-            try:
-                return _coerce(option, value, name)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{name}={value!r} has the wrong type: expected {tp}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{name}={value!r} must be a list")
-        (item,) = typing.get_args(tp)
-        return [_coerce(item, v, f"{name}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{name}={value!r} must be a mapping")
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{name}={value!r} must be true or false")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{name}={value!r} must be an integer")
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads 2e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{name}={value!r} must be a number")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{name}={value!r} must be a string")
-    if tp is Any:
-        return value
-    raise ConfigError(f"{name}: unsupported type {tp}")
-
-
-def _choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
-    if not any(type(value) is type(a) and value == a for a in allowed):
-        shown = ", ".join(repr(a) if isinstance(a, str) else str(a).lower() for a in allowed)
-        raise ConfigError(f"{name}={value!r} is not allowed: choose one of {shown}")
-
-
-def _at_least(name: str, value: float, low: float) -> None:
-    if value < low:
-        raise ConfigError(f"{name}={value!r} is too small: it must be >= {low}")
-
-
-def _positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{name}={value!r} must be > 0")
-
-
-def _range(name: str, value: float, low: float, high: float) -> None:
-    if not low <= value < high:
-        raise ConfigError(f"{name}={value!r} is out of range: it must be in [{low}, {high})")

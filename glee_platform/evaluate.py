@@ -33,7 +33,7 @@ import pyarrow.dataset as pads
 
 from glee.ave_var import ave_var_table, branch_features
 from glee.datasets.records import DATASET_AUS
-from glee.files import write_text_atomic
+from glee.files import write_parquet_atomic, write_text_atomic
 from glee.metrics import F1Accumulator, f1_table, fold_average, to_markdown
 from glee.paper_results import DATASET_LABELS, reported_f1
 from glee_platform import data as gdata
@@ -395,7 +395,6 @@ def write_evaluation(
     result: RunEvaluation, *, plots: bool = True, tsne_max_points: int = 2000, seed: int = 0
 ) -> dict[str, Path]:
     """Tables, predictions and (if `plots`) figures of a run's evaluation."""
-    from glee_platform.preprocess import write_table_atomic
 
     out = result.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -411,7 +410,7 @@ def write_evaluation(
     )
     df = f1_results_table(result)
     files.update({f"f1_{k}": v for k, v in write_table(df, out / "f1", title, note).items()})
-    write_table_atomic(_predictions_table(result), out / "predictions.parquet")
+    write_parquet_atomic(out / "predictions.parquet", _predictions_table(result))
     files["predictions"] = out / "predictions.parquet"
     result.ave_var = ave_var_results(result)
     av = _ave_var_frame(result.ave_var)

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 import ray
 
 from glee.datasets.records import DATASET_AUS, au_names
+from glee.files import write_json_atomic, write_parquet_atomic
 from glee.preprocessing import FacePreprocessor, PreprocessConfig, error_row, load_morphable_model
 
 AU_DATASETS = ("bp4d", "bp4dplus", "disfa")
@@ -104,18 +105,6 @@ class Summary:
 
     def line(self) -> str:
         return f"{self.rows_ok} ok, {self.rows_failed} failed (see {self.out / 'errors.parquet'})"
-
-
-def write_table_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
-def _write_json_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
 
 
 # -- shards --------------------------------------------------------------------------------
@@ -264,11 +253,11 @@ def write_shard(out: Path, table: str, shard: str, rows: list[dict], errors: lis
     err_dir, row_dir = out / "errors", out / table
     err_dir.mkdir(parents=True, exist_ok=True)
     row_dir.mkdir(parents=True, exist_ok=True)
-    write_table_atomic(
-        pa.Table.from_pylist(errors, schema=ERROR_SCHEMA), err_dir / f"{shard}.parquet"
+    write_parquet_atomic(
+        err_dir / f"{shard}.parquet", pa.Table.from_pylist(errors, schema=ERROR_SCHEMA)
     )
     cols = {name: [r.get(name) for r in rows] for name in schema.names}
-    write_table_atomic(pa.table(cols, schema=schema), row_dir / f"part-{shard}.parquet")
+    write_parquet_atomic(row_dir / f"part-{shard}.parquet", pa.table(cols, schema=schema))
 
 
 # -- the driver ----------------------------------------------------------------------------
@@ -455,10 +444,10 @@ def _finish(
                 ),
             ]
         )
-        write_table_atomic(
-            pa.Table.from_pylist(kept, schema=TRIPLET_SCHEMA), out / "triplets.parquet"
+        write_parquet_atomic(
+            out / "triplets.parquet", pa.Table.from_pylist(kept, schema=TRIPLET_SCHEMA)
         )
-    write_table_atomic(errors, out / "errors.parquet")
+    write_parquet_atomic(out / "errors.parquet", errors)
     failed = int(sum(1 for st in errors["stage"].to_pylist() if st != "triplet"))
     manifest = {
         "dataset": dataset,
@@ -474,5 +463,5 @@ def _finish(
     }
     if table == "images":
         manifest["triplets_kept"] = pq.read_metadata(out / "triplets.parquet").num_rows
-    _write_json_atomic(manifest, out / "manifest.json")
+    write_json_atomic(out / "manifest.json", manifest)
     return Summary(dataset, out, rows_ok, failed, len(shards), 0, 0.0)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from glee.files import write_text_atomic
+from glee.files import write_json_atomic, write_text_atomic
 from glee.losses import au_class_weights, au_loss, triplet_loss
 from glee.metrics import F1Accumulator, f1_table, fold_average, to_markdown, write_f1_table
 from glee.model.config import GLEEConfig
@@ -45,7 +45,6 @@ from glee_platform.config import ConfigError, ExperimentConfig
 from glee_platform.tracking import (
     EpochLogger,
     read_metrics_csv,
-    write_json_atomic,
     write_metrics_csv,
 )
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -36,6 +34,7 @@ from glee.datasets.errors import CorruptImageError, DatasetError
 from glee.datasets.fec import crop_face, crop_path, local_path, parse_fec_row, url_cache_name
 from glee.datasets.images import decode_image
 from glee.datasets.records import FaceRef
+from glee.files import write_bytes_atomic
 
 DEAD_LINKS = "dead_links.csv"
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -77,19 +76,6 @@ class FetchSummary:
         return "\n".join(lines)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def collect_faces(csv_paths: Iterable[str | Path]) -> tuple[dict[str, set[FaceRef]], int]:
     """url -> its face boxes over all CSVs, and the number of malformed rows."""
     faces: dict[str, set[FaceRef]] = {}
@@ -127,7 +113,7 @@ def write_dead_links(out: Path, dead: dict[str, tuple[str, int]]) -> None:
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["url", "reason", "attempts"])
     writer.writerows([u, r, a] for u, (r, a) in sorted(dead.items()))
-    atomic_write_bytes(out / DEAD_LINKS, text.getvalue().encode("utf-8"))
+    write_bytes_atomic(out / DEAD_LINKS, text.getvalue().encode("utf-8"))
 
 
 class _Fetcher:
@@ -175,7 +161,7 @@ class _Fetcher:
             ok, enc = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
             if not ok:
                 raise CorruptImageError(face.url, "cannot encode crop")
-            atomic_write_bytes(crop_path(face, self.out), enc.tobytes())
+            write_bytes_atomic(crop_path(face, self.out), enc.tobytes())
         return len(faces)
 
     def fetch(self, url: str, faces: set[FaceRef], base: Path) -> tuple[str, str, int, int]:
@@ -203,7 +189,7 @@ class _Fetcher:
         if data is None or image is None:
             return "dead", reason, attempts, 0
         if self.keep_images:
-            atomic_write_bytes(stored, data)
+            write_bytes_atomic(stored, data)
         return "downloaded", "", attempts, self.write_crops(image, todo)
 
 

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from glee.files import atomic_path
+
 # iBUG-68 contours whose inner points slide along the curve (Sec. III-C, point-to-curve).
 IBUG_CONTOURS: dict[str, tuple[int, ...]] = {
     "jaw": tuple(range(0, 17)),
@@ -147,10 +149,8 @@ class MorphableModel:
             arrays["point_names"] = np.array(self.point_names, dtype=str)
         if self.triangles is not None:
             arrays["triangles"] = np.asarray(self.triangles, np.int64)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.savez_compressed(fh, **arrays)
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> MorphableModel:

@@ -9,10 +9,11 @@ that trains on a CPU in tests and demos. `cfg.with_ablation("wo_lb")` returns th
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass
 from typing import Any
+
+from glee.typed_config import choice, coerce, from_mapping
 
 BACKBONES: tuple[str, ...] = ("inception_resnet_v1", "small", "resnet18", "resnet50")
 # A ResNet backbone replaces the global AND local branches (Table V "ResNet instead of GB&LB").
@@ -105,8 +106,7 @@ class GLEEConfig:
 
     def with_ablation(self, name: str) -> GLEEConfig:
         """A copy implementing Table V row `name` on top of this config (rows compose)."""
-        if name not in ABLATIONS:
-            raise ValueError(f"ablation must be one of {list(ABLATIONS)}, got {name!r}")
+        choice("ablation", name, ABLATIONS)
         if name == "full":
             return dataclasses.replace(self)
         changes: dict[str, Any] = {}
@@ -148,14 +148,15 @@ class GLEEConfig:
         return self.use_global or self.use_local
 
     def validate(self) -> None:
-        """Raise ValueError naming the first bad field and what it accepts."""
+        """Raise ConfigError (a ValueError) naming the first bad field and what it accepts.
+        Values are coerced to their annotations on the way (lists become tuples)."""
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            _check_type(f.name, getattr(self, f.name), hints[f.name])
-        _one_of("backbone", self.backbone, BACKBONES)
-        _one_of("classifier", self.classifier, CLASSIFIERS)
+            setattr(self, f.name, coerce(hints[f.name], getattr(self, f.name), f.name))
+        choice("backbone", self.backbone, BACKBONES)
+        choice("classifier", self.classifier, CLASSIFIERS)
         for part in self.ablation.split("+"):
-            _one_of("ablation", part, ABLATIONS)
+            choice("ablation", part, ABLATIONS)
         positive = (
             "num_aus",
             "embed_dim",
@@ -214,45 +215,8 @@ class GLEEConfig:
 
     @classmethod
     def from_dict(cls, d: typing.Mapping[str, Any]) -> GLEEConfig:
-        """Validated config from a dict; unknown keys and bad values raise ValueError."""
-        if not isinstance(d, typing.Mapping):
-            raise ValueError(f"model config must be a mapping, got {type(d).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ValueError(f"unknown model config field(s) {unknown}; allowed fields: {names}")
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(**kwargs)
-
-
-def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
-
-
-def _check_type(name: str, value: Any, hint: Any) -> None:
-    """Strict check of a config value against its annotation (int is not bool, etc.)."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return
-        hint = next(a for a in args if a is not type(None))
-        origin = typing.get_origin(hint)
-    if origin is tuple:
-        if not isinstance(value, tuple) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value
-        ):
-            raise ValueError(f"{name} must be a list of integers, got {value!r}")
-        return
-    ok = {
-        bool: lambda v: isinstance(v, bool),
-        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        str: lambda v: isinstance(v, str),
-    }[hint](value)
-    if not ok:
-        raise ValueError(f"{name} must be of type {hint.__name__}, got {value!r}")
+        """Validated config from a dict; unknown keys and bad values raise ConfigError."""
+        return from_mapping(cls, d)
 
 
 __all__ = ["ABLATIONS", "BACKBONES", "CLASSIFIERS", "RESNET_BACKBONES", "GLEEConfig"]

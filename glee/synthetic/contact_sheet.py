@@ -15,6 +15,7 @@ import numpy as np
 from glee.datasets.records import ALL_AUS
 from glee.face.action_units import expression_from_aus
 from glee.face.default_model import default_model
+from glee.files import write_bytes_atomic
 from glee.synthetic.render import (
     RenderResult,
     default_pose_and_camera,
@@ -110,10 +111,7 @@ def write_samples_sheet(path: str | os.PathLike = DEFAULT_PATH, seed: int = 0) -
     ok, buf = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
     if not ok:
         raise RuntimeError("PNG encoding failed")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
-    return path
+    return write_bytes_atomic(path, buf.tobytes())
 
 
 if __name__ == "__main__":

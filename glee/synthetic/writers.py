@@ -43,7 +43,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from glee.datasets.records import ALL_AUS, BP4D_AUS
@@ -51,6 +50,7 @@ from glee.face.action_units import expression_from_aus
 from glee.face.camera import Camera, project
 from glee.face.default_model import default_model
 from glee.face.morphable_model import MorphableModel
+from glee.files import atomic_path, write_bytes_atomic, write_parquet_atomic, write_text_atomic
 from glee.synthetic.presets import BP4DPLUS_CODED_TASKS, Preset, get_preset
 from glee.synthetic.render import (
     Identity,
@@ -96,29 +96,11 @@ def _rng(seed: int, dataset: str, purpose: int, *index: int) -> np.random.Genera
 # -- files -------------------------------------------------------------------------------
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    _write_bytes(path, text.encode("utf-8"))
-
-
 def _write_csv(path: Path, rows: Iterable[Sequence[object]]) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerows(rows)
-    _write_text(path, buf.getvalue())
-
-
-def _write_parquet(path: Path, table: pa.Table) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    write_text_atomic(path, buf.getvalue())
 
 
 def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
@@ -149,29 +131,27 @@ def _write_video(path: Path, frames: Sequence[np.ndarray], fps: float = DISFA_FP
     if not frames:
         raise ValueError(f"no frames to write to {path}")
     height, width = frames[0].shape[:2]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.avi")
-    writer = cv2.VideoWriter(
-        str(tmp),
-        cv2.CAP_OPENCV_MJPEG,
-        cv2.VideoWriter_fourcc(*"MJPG"),
-        fps,
-        (width, height),
-        [cv2.VIDEOWRITER_PROP_QUALITY, 92],
-    )
-    if not writer.isOpened():
-        raise RuntimeError(f"OpenCV cannot write an MJPG video at {tmp}")
-    for frame in frames:
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    writer.release()
-    cap = cv2.VideoCapture(str(tmp))
-    decoded = 0
-    while cap.grab():
-        decoded += 1
-    cap.release()
-    if decoded != len(frames):
-        raise RuntimeError(f"video {path} decodes to {decoded} frames, wrote {len(frames)}")
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".avi") as tmp:  # OpenCV picks the container by suffix
+        writer = cv2.VideoWriter(
+            str(tmp),
+            cv2.CAP_OPENCV_MJPEG,
+            cv2.VideoWriter_fourcc(*"MJPG"),
+            fps,
+            (width, height),
+            [cv2.VIDEOWRITER_PROP_QUALITY, 92],
+        )
+        if not writer.isOpened():
+            raise RuntimeError(f"OpenCV cannot write an MJPG video at {tmp}")
+        for frame in frames:
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        writer.release()
+        cap = cv2.VideoCapture(str(tmp))
+        decoded = 0
+        while cap.grab():
+            decoded += 1
+        cap.release()
+        if decoded != len(frames):
+            raise RuntimeError(f"video {path} decodes to {decoded} frames, wrote {len(frames)}")
 
 
 # -- rendering ---------------------------------------------------------------------------
@@ -391,7 +371,9 @@ class _Truth:
             },
         )
         columns = {name: [r[name] for r in rows] for name in schema.names}
-        _write_parquet(root / "truth.parquet", pa.Table.from_pydict(columns, schema=schema))
+        write_parquet_atomic(
+            root / "truth.parquet", pa.Table.from_pydict(columns, schema=schema), compression="zstd"
+        )
         lms = np.array([r["landmarks"] for r in rows], np.float32).reshape(-1, 68, 2)
         table = {
             "subject": pa.array([r["subject"] for r in rows], pa.string()),
@@ -402,7 +384,7 @@ class _Truth:
             table[f"x{i}"] = pa.array(lms[:, i, 0], pa.float32())
         for i in range(68):
             table[f"y{i}"] = pa.array(lms[:, i, 1], pa.float32())
-        _write_parquet(root / "landmarks.parquet", pa.table(table))
+        write_parquet_atomic(root / "landmarks.parquet", pa.table(table), compression="zstd")
 
 
 # -- staging and the .complete marker ----------------------------------------------------
@@ -454,13 +436,13 @@ def _build(
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
-    _write_text(stage / ".synthetic", f"{name}\n")
+    write_text_atomic(stage / ".synthetic", f"{name}\n")
     if isinstance(renderer, int):
         with Renderer(renderer) as own:
             body(name, stage, preset, seed, progress, own)
     else:
         body(name, stage, preset, seed, progress, renderer)
-    _write_text(stage / ".complete", _marker(preset, seed))  # last
+    write_text_atomic(stage / ".complete", _marker(preset, seed))  # last
     if root.exists():
         old = root.parent / f".{root.name}.old"
         if old.exists():
@@ -588,10 +570,10 @@ def _write_bp4d_like(
             if plus:
                 members.append((item.ref.split("!", 1)[1], out.data))
                 if i + 1 == len(plan) or plan[i + 1].subject != item.subject:
-                    _write_bytes(stage / "2D+3D" / f"{item.subject}.zip", _zip_bytes(members))
+                    write_bytes_atomic(stage / "2D+3D" / f"{item.subject}.zip", _zip_bytes(members))
                     members = []
             else:
-                _write_bytes(stage / item.ref, out.data)
+                write_bytes_atomic(stage / item.ref, out.data)
             truth.add(
                 subject=item.subject,
                 task=item.task,
@@ -659,7 +641,9 @@ def _write_disfa(
         levels = intensity_level(aus)  # (n, 17)
         for au in DISFA_LABEL_AUS:
             lines = "".join(f"{t + 1},{levels[t, AU_COLUMN[au]]}\n" for t in range(n))
-            _write_text(stage / "ActionUnit_Labels" / subject / f"{subject}_au{au}.txt", lines)
+            write_text_atomic(
+                stage / "ActionUnit_Labels" / subject / f"{subject}_au{au}.txt", lines
+            )
         for t in range(n):
             shot = Shot(
                 identity, aus[t], poses[t], camera, size, _entropy(seed, name, s, t), session,
@@ -745,7 +729,7 @@ def _write_fec(
     boxes: list[tuple[float, float, float, float]] = []  # left, right, top, bottom in [0, 1]
     with _progress(name, len(plan), progress) as bar:
         for item, out in zip(plan, renderer.map([p.shot for p in plan])):
-            _write_bytes(stage / item.ref, out.data)
+            write_bytes_atomic(stage / item.ref, out.data)
             x0, y0, x1, y1 = np.asarray(out.box, float)
             boxes.append(
                 (
