@@ -39,7 +39,7 @@ from glee.face.alignment import align_face
 from glee.synthetic.presets import PRESETS
 from glee.synthetic.world import FEC_PROTOTYPES
 from glee.synthetic.writers import synthesize
-from glee_platform.data import CROP_SIZE
+from glee.training.augmentation import CROP_SIZE
 
 CROP = CROP_SIZE  # the evaluation crop of training (DESIGN.md, alignment)
 NUM_CLASSES = len(FEC_PROTOTYPES)

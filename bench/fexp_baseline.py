@@ -35,8 +35,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from sklearn.linear_model import LogisticRegression
 
-from glee.metrics import au_f1, f1_table, fold_average, to_markdown
-from glee_platform.data import DataError, always_present_f1, read_manifest
+from glee.evaluation.metrics import au_f1, f1_table, fold_average, to_markdown
 from glee_platform.evaluate import (
     EvaluationError,
     evaluate_checkpoint,
@@ -44,6 +43,7 @@ from glee_platform.evaluate import (
     fold_checkpoint,
     load_run_config,
 )
+from glee_platform.prepared import DataError, always_present_f1, read_manifest
 
 FOLDS = (1, 2, 3)
 KEY = ["subject", "task", "frame"]
@@ -101,8 +101,8 @@ def input_reliance(run: Path, prep: Path, dataset: str, seed: int) -> dict[str, 
     """Per fold, mean F1 of the run's head with its inputs intact / E_exp / f_exp permuted."""
     import torch
 
-    from glee.inference import load_model_weights
     from glee.model.glee_net import GLEENet
+    from glee.model.inference import load_model_weights
     from glee_platform.train import model_config
 
     cfg = load_run_config(run)

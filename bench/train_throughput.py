@@ -1,7 +1,10 @@
 """Training throughput: Ray Train against a plain PyTorch loop, and 2 workers against 1.
 
 Same model (the tiny GLEE-Net preset), same rows (fold 1's training parts of the smoke
-config's preprocessed BP4D), same batch size, augmentation, loss and optimiser. Images per
+config's preprocessed BP4D), same batch size, augmentation, loss and optimisation step
+(glee.training.optimisation). Ray Train streams its input from the Parquet shards through
+Ray Data (decode, crop and flip beside the workers); the plain loop holds its rows decoded
+in memory and crops them in the timed loop. Images per
 second count the training steps of an epoch only (no start-up, no evaluation); the first
 epoch of every variant is a warm-up and is left out. Each worker gets one CPU and one
 torch thread, so does the plain loop, which runs in a process of its own at the
@@ -27,25 +30,41 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 
-from glee.losses import au_loss
+from glee.datasets.images import decode_images
 from glee.model.glee_net import build_glee_net
-from glee_platform import data as gdata
+from glee.training.augmentation import expression_mirror, random_crop_flip, to_model_input
+from glee.training.losses import au_loss
+from glee.training.optimisation import Optimisation
 from glee_platform import train
 from glee_platform.config import ExperimentConfig, load_config
-from glee_platform.demo import ensure_preprocessed
+from glee_platform.prepared import expression_names, face_split, fold_filter, read_manifest
+from glee_platform.session import ensure_ray
+from glee_platform.sources import ensure_preprocessed
 
 FOLD = 1
 
 
 def load_rows(cfg: ExperimentConfig) -> dict[str, np.ndarray]:
-    """The rows Ray Train gets (same selection and order), decoded, as numpy arrays."""
-    _, folds = gdata.fold_filter(FOLD, train=True)
-    ds = gdata.face_dataset(
-        cfg.prep_dir, cfg.data.dataset, folds, max_rows=cfg.data.max_rows, shuffle_seed=cfg.seed
-    )
-    return ds.take_batch(batch_size=ds.count(), batch_format="numpy")
+    """The rows Ray Train gets (the same shards and folds), decoded, as numpy arrays: the
+    plain loop decodes nothing while it is timed."""
+    _, folds = fold_filter(FOLD, train=True)
+    split = face_split(cfg.prep_dir, cfg.data.dataset, folds, cfg.data.max_rows)
+    cols = {"image": [], "landmarks": [], "expression": [], "labels": []}
+    for path in split.files:
+        table = pq.read_table(path, columns=[*cols, "fold"]).to_pylist()
+        for row in table:
+            if row["fold"] in folds:
+                for k in cols:
+                    cols[k].append(row[k])
+    return {
+        "image": decode_images(cols["image"]),
+        "landmarks": np.asarray(cols["landmarks"], np.float32),
+        "expression": np.asarray(cols["expression"], np.float32),
+        "labels": np.asarray(cols["labels"], np.int8),
+    }
 
 
 def plain_loop(
@@ -53,9 +72,9 @@ def plain_loop(
 ) -> list[float]:
     """The finetuning step of `train.finetune_loop` without Ray: images/s per epoch."""
     os.nice(niceness - os.nice(0))
-    torch.set_num_threads(cfg.resources.cpus_per_worker)
+    torch.set_num_threads(cfg.resources.threads)
     torch.manual_seed(cfg.seed)
-    manifest = gdata.read_manifest(cfg.prep_dir, cfg.data.dataset)
+    manifest = read_manifest(cfg.prep_dir, cfg.data.dataset)
     gcfg = train.model_config(cfg, len(manifest["au_names"]))
     net = build_glee_net(gcfg)
     ft = cfg.finetune
@@ -63,9 +82,10 @@ def plain_loop(
     optimizer = torch.optim.SGD(
         params, lr=ft.lr, momentum=ft.momentum, weight_decay=ft.weight_decay
     )
+    opt = Optimisation(net, optimizer, cfg.resources.precision, torch.device("cpu"))
     weights = train.training_au_weights(cfg, FOLD)
-    mirror = gdata.expression_mirror(gdata.expression_names(manifest), gcfg.expr_dim)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    mirror = expression_mirror(expression_names(manifest), gcfg.expr_dim)
+    rng = np.random.default_rng(cfg.seed)
     n, bs = len(rows["labels"]), ft.batch_size
     out = []
     for epoch in range(epochs):
@@ -75,19 +95,16 @@ def plain_loop(
         seen = 0
         for start in range(0, n - bs + 1, bs):  # drop_last, as the Ray loop
             idx = order[start : start + bs]
-            x, _, f_exp = gdata.random_crop_flip(
-                torch.from_numpy(rows["image"][idx]),
-                torch.from_numpy(rows["landmarks"][idx]),
-                torch.from_numpy(rows["expression"][idx]),
-                generator=generator,
+            crops, _, f_exp = random_crop_flip(
+                rows["image"][idx],
+                rows["landmarks"][idx],
+                rows["expression"][idx],
+                rng=rng,
                 expr_mirror=mirror,
             )
+            x, f = to_model_input(crops), torch.from_numpy(f_exp)
             labels = torch.from_numpy(rows["labels"][idx])
-            initial, final = net(x, f_exp)
-            loss = au_loss(initial, final, labels, weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            opt.step(lambda x=x, f=f, labels=labels: au_loss(*net(x, f), labels, weights))
             seen += len(idx)
         out.append(seen / (time.perf_counter() - t0))
     return out
@@ -125,7 +142,7 @@ def ray_train(cfg: ExperimentConfig, epochs: int, workers: int, storage: Path) -
     run_cfg.resources.storage_path = str(storage)
     run_cfg.resources.num_workers = workers
     run, _ = train.run_finetune_fold(run_cfg.check(), FOLD, None, reuse=False)
-    n = len(gdata.label_matrix(cfg.prep_dir, cfg.data.dataset, [2, 3], cfg.data.max_rows))
+    n = face_split(cfg.prep_dir, cfg.data.dataset, [2, 3], cfg.data.max_rows).num_rows
     bs = cfg.finetune.batch_size
     per_epoch = (n // workers) // bs * bs * workers  # equal split, drop_last on each shard
     return [per_epoch / h["epoch_seconds"] for h in run.history]
@@ -153,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
             *args.set,
         ],
     )
-    train.ensure_ray(num_cpus=2)
+    # Three logical CPUs on this 2-core machine: two one-CPU workers and the input pipeline
+    # that streams their data (the plain loop has its rows decoded in memory).
+    ensure_ray(num_cpus=3)
     ensure_preprocessed(cfg, [cfg.data.dataset])
     rows = load_rows(cfg)
     niceness = ray_worker_niceness()

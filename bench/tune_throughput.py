@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from glee_platform.demo import ensure_preprocessed, needed_datasets
-from glee_platform.train import ensure_ray
+from glee_platform.session import ensure_ray
+from glee_platform.sources import ensure_preprocessed, needed_datasets
 from glee_platform.tune import load_search_config, run_search
 
 

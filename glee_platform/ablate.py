@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from glee.evaluation.paper_results import TABLE_V, TABLE_V_LABELS
 from glee.model.config import ABLATIONS
-from glee.paper_results import TABLE_V, TABLE_V_LABELS
-from glee_platform import data as gdata
 from glee_platform.config import ConfigError, ExperimentConfig
 from glee_platform.evaluate import write_table
+from glee_platform.prepared import read_manifest
 from glee_platform.train import FinetuneResult, RunResult
 
 # Table V rows in the paper's order (the full model last).
@@ -139,8 +139,9 @@ def run_ablation(
     """Finetune every Table V variant on `base`'s dataset, folds and seed; write the table."""
     import ray
 
-    from glee_platform.demo import ensure_preprocessed, needed_datasets
-    from glee_platform.train import ensure_ray, write_config
+    from glee_platform.session import ensure_ray
+    from glee_platform.sources import ensure_preprocessed, needed_datasets
+    from glee_platform.train import write_config
 
     variants = list(variants or VARIANTS)
     for v in variants:
@@ -172,7 +173,7 @@ def run_ablation(
     results = _run_limited({v: (finetune_remote, configs[v], inits[v]) for v in variants}, slots)
     seconds["finetune"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
-    au_names = list(gdata.read_manifest(base.prep_dir, base.data.dataset)["au_names"])
+    au_names = list(read_manifest(base.prep_dir, base.data.dataset)["au_names"])
     result = AblationResult(
         base.data.dataset,
         au_names,
@@ -214,7 +215,7 @@ def paper_orderings(avg: dict[str, float]) -> list[Ordering]:
 
 def ablation_table(result: AblationResult) -> pd.DataFrame:
     """Table V: one row per variant, per-AU F1 (%) averaged over folds, Avg, paper's Avg."""
-    from glee.metrics import f1_table
+    from glee.evaluation.metrics import f1_table
 
     rows = {TABLE_V_LABELS[v]: r.mean_f1 for v, r in result.variants.items()}
     df = f1_table(rows, result.au_names)

@@ -27,12 +27,13 @@ MODEL_PRESETS = ("tiny", "paper")
 INIT_CHOICES = ("pretrain", "none")
 SYNTHETIC_PRESETS = ("none", "tiny", "demo", "large")
 GPU_CHOICES = ("auto", True, False)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
 class DataSection:
     root: str = ""  # base folder of raw/ and prep/; "" -> $GLEE_DATA or ./data
-    synthetic: str = "demo"  # synthetic preset written when raw data is absent; "none" = real
+    synthetic: str = "none"  # a synthetic preset to write when no data.raw is given; none: real
     synthetic_seed: int = 0
     raw: dict[str, str] = field(default_factory=dict)  # dataset -> raw root (real data)
     prep: str = ""  # preprocessed Parquet folder; "" -> <root>/prep
@@ -118,16 +119,28 @@ class FinetuneSection:
 @dataclass
 class ResourcesSection:
     num_workers: int = 1
-    use_gpu: str | bool = "auto"  # auto = use GPUs when the Ray cluster has any
-    cpus_per_worker: int = 2
+    use_gpu: str | bool = "auto"  # glee_platform.resources.decide_gpu: auto, true, false
+    cpus_per_worker: int = 2  # CPUs a Train worker reserves; leave some for the input pipeline
+    threads_per_worker: int = 0  # torch threads of a Train worker; 0: cpus_per_worker
     storage_path: str = ""  # "" -> $GLEE_RUNS or ./runs; a shared FS path on a cluster
     max_failures: int = 2  # FailureConfig: restarts from the latest checkpoint
+    precision: str = "auto"  # auto (bf16 on a GPU that has it, else fp32), fp32, bf16, fp16
+    channels_last: bool = False  # NHWC convolutions (measure with bench/gpu_suite.py)
+    compile: bool = False  # torch.compile the model (opt-in)
+    gpu_wait_s: float = 900.0  # how long to wait for the autoscaler's GPU nodes
 
     def check(self) -> None:
         at_least("resources.num_workers", self.num_workers, 1)
         choice("resources.use_gpu", self.use_gpu, GPU_CHOICES)
         at_least("resources.cpus_per_worker", self.cpus_per_worker, 1)
+        at_least("resources.threads_per_worker", self.threads_per_worker, 0)
         at_least("resources.max_failures", self.max_failures, -1)
+        choice("resources.precision", self.precision, PRECISIONS)
+        at_least("resources.gpu_wait_s", self.gpu_wait_s, 0.0)
+
+    @property
+    def threads(self) -> int:
+        return self.threads_per_worker or self.cpus_per_worker
 
 
 @dataclass
@@ -152,6 +165,7 @@ class FaultSection:
 class ExperimentConfig:
     name: str = "demo"
     seed: int = 0
+    log_every: int = 20  # optimiser steps between progress lines (the only host syncs)
     data: DataSection = field(default_factory=DataSection)
     model: ModelSection = field(default_factory=ModelSection)
     pretrain: PretrainSection = field(default_factory=PretrainSection)
@@ -164,6 +178,7 @@ class ExperimentConfig:
             raise ConfigError(
                 f"name={self.name!r} is not a folder name: use letters, digits, '-' or '_'"
             )
+        at_least("log_every", self.log_every, 1)
         for section in (
             self.data,
             self.model,
@@ -246,6 +261,26 @@ class ExperimentConfig:
 _SECTIONS = ("data", "model", "pretrain", "finetune", "resources", "fault")
 
 
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping of a YAML config file or shipped preset name; {} for an empty file."""
+    file = resolve_preset(path)
+    try:
+        loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {file} is not valid YAML: {err}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"config {file} must hold a mapping of sections, not {loaded!r}")
+    return loaded or {}
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`a.b=value` -> ("a.b", value read as YAML)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. finetune.lr=1e-3)")
+    return key.strip(), yaml.safe_load(text) if text.strip() else ""
+
+
 def load_config(
     path: str | Path | None = None, overrides: Sequence[str] = (), **sections: Any
 ) -> ExperimentConfig:
@@ -254,23 +289,11 @@ def load_config(
     A name without a folder or suffix is looked up in the shipped `configs/` folder
     (`load_config("demo")`).
     """
-    d: dict[str, Any] = {}
-    if path is not None:
-        file = resolve_preset(path)
-        try:
-            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config {file} is not valid YAML: {err}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config {file} must hold a mapping of sections, not {loaded!r}")
-        d = loaded or {}
+    d = read_config_file(path) if path is not None else {}
     for key, value in sections.items():
-        _set_dotted(d, key, value)
+        set_dotted(d, key, value)
     for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. finetune.lr=1e-3)")
-        _set_dotted(d, key.strip(), yaml.safe_load(text) if text.strip() else "")
+        set_dotted(d, *parse_override(item))
     return ExperimentConfig.from_dict(d)
 
 
@@ -290,7 +313,7 @@ def resolve_preset(path: str | Path) -> Path:
     )
 
 
-def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = d
     for part in parts[:-1]:

@@ -31,13 +31,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from glee.ave_var import ave_var_table, branch_features
 from glee.datasets.records import DATASET_AUS
+from glee.evaluation.ave_var import ave_var_table, branch_features
+from glee.evaluation.metrics import F1Accumulator, f1_table, fold_average, to_markdown
+from glee.evaluation.paper_results import DATASET_LABELS, reported_f1
 from glee.files import write_parquet_atomic, write_text_atomic
-from glee.metrics import F1Accumulator, f1_table, fold_average, to_markdown
-from glee.paper_results import DATASET_LABELS, reported_f1
-from glee_platform import data as gdata
 from glee_platform.config import ConfigError, ExperimentConfig, load_config
+from glee_platform.prepared import always_present_f1, face_split, fold_filter, read_manifest
 
 DONE_FILE = "done.json"  # written by glee_platform.train beside each finished fold
 EVAL_COLUMNS = ["fold", "subject", "task", "frame", "image", "expression", "labels"]
@@ -119,31 +119,27 @@ class FoldEvaluation:
 
     @property
     def occurrences(self) -> np.ndarray:
-        from glee.inference import Outputs
+        from glee.model.inference import Outputs
 
         return Outputs(self.logits).occurrences
 
     @property
     def baseline_f1(self) -> np.ndarray:
-        return gdata.always_present_f1(self.labels)
+        return always_present_f1(self.labels)
 
 
 def _face_batches(prep: Path, dataset: str, folds: list[int], max_rows: int, batch_rows: int):
-    """Record batches of the faces in `folds` in file order, the first `max_rows` if > 0:
-    the same faces, in the same order, as the training loop's evaluation set."""
-    gdata.read_manifest(prep, dataset)
-    source = pads.dataset(gdata.dataset_dir(prep, dataset) / "faces", format="parquet")
+    """Record batches of the faces in `folds`, shard by shard in file order: the rows of
+    the training loop's evaluation set (`glee_platform.prepared.face_split`)."""
+    split = face_split(prep, dataset, folds, max_rows)
+    if not split.files:
+        return
+    source = pads.dataset(list(split.files), format="parquet")
     fold_type = source.schema.field("fold").type
     flt = pads.field("fold").isin(pa.array(folds, fold_type))
-    left = max_rows if max_rows > 0 else None
     for batch in source.to_batches(
         columns=EVAL_COLUMNS, filter=flt, batch_size=batch_rows, use_threads=False
     ):
-        if left is not None:
-            if left <= 0:
-                return
-            batch = batch.slice(0, left)
-            left -= batch.num_rows
         if batch.num_rows:
             yield batch
 
@@ -163,20 +159,21 @@ def evaluate_checkpoint(
     """Run one checkpoint over the faces of `folds` of a preprocessed dataset (no Ray)."""
     import torch
 
-    from glee.inference import Outputs, decode_faces, infer, load_model_weights
+    from glee.datasets.images import decode_images
     from glee.model.config import GLEEConfig
     from glee.model.glee_net import GLEENet
+    from glee.model.inference import Outputs, infer, load_model_weights
 
     torch.set_num_threads(max(1, int(threads)))
     t0 = time.perf_counter()
     prep = Path(prep)
-    au_names = list(gdata.read_manifest(prep, dataset)["au_names"])
+    au_names = list(read_manifest(prep, dataset)["au_names"])
     net = load_model_weights(GLEENet(GLEEConfig.from_dict(model)), checkpoint)
     outs: list[Outputs] = []
     keys: list[pd.DataFrame] = []
     labels, f_exp = [], []
     for batch in _face_batches(prep, dataset, folds, max_rows, batch_size):
-        faces = decode_faces(batch.column("image").to_pylist())  # (B, 200, 200, 3)
+        faces = decode_images(batch.column("image").to_pylist())  # (B, 200, 200, 3)
         expr = np.asarray(batch.column("expression").to_pylist(), np.float32)
         outs.append(infer(net, faces, expr))
         keys.append(batch.select(["subject", "task", "frame", "fold"]).to_pandas())
@@ -246,7 +243,8 @@ def evaluate_run(
     predictions and plots; returns the per-fold results."""
     import ray
 
-    from glee_platform.train import ensure_ray, model_config
+    from glee_platform.session import ensure_ray
+    from glee_platform.train import model_config
 
     run = Path(run_dir).expanduser().resolve()
     cfg = load_run_config(run)
@@ -264,7 +262,7 @@ def evaluate_run(
             "evaluation needs the same AU set"
         )
     prep_dir = Path(prep).expanduser().resolve() if prep else cfg.prep_dir
-    au_names = list(gdata.read_manifest(prep_dir, eval_dataset)["au_names"])
+    au_names = list(read_manifest(prep_dir, eval_dataset)["au_names"])
     available = finished_folds(run)
     folds = sorted(folds or available)
     missing = [k for k in folds if k not in available]
@@ -287,7 +285,7 @@ def evaluate_run(
             str(fold_checkpoint(run, k)),
             str(prep_dir),
             eval_dataset,
-            gdata.fold_filter(None if cross else k, train=False)[1],
+            fold_filter(None if cross else k, train=False)[1],
             model_fold=k,
             max_rows=rows,
             batch_size=cfg.finetune.eval_batch_size,
@@ -442,8 +440,8 @@ def _markdown(df: pd.DataFrame) -> str:
 
 
 def _write_plots(result: RunEvaluation, tsne_max_points: int, seed: int) -> dict[str, Path]:
-    from glee.ave_var import AveVar
-    from glee.plots import plot_ave_var, plot_f1_bars, plot_tsne
+    from glee.evaluation.ave_var import AveVar
+    from glee.evaluation.plots import plot_ave_var, plot_f1_bars, plot_tsne
 
     out = result.out_dir
     files: dict[str, Path] = {}

@@ -1,6 +1,6 @@
 """Batch AU prediction on Ray Data: images, folders and videos in, OpenFace-style CSVs out.
 
-The driver lists every frame of every input (`glee.prediction.list_frames`), cuts them into
+The driver lists every frame of every input (`glee.prediction.predictor.list_frames`), cuts them into
 chunks of consecutive frames of one input, and streams the chunks through an actor pool
 (`ActorPoolStrategy`: each actor loads the detector, landmarks, morphable model and the
 finetuned GLEE-Net once). Rows come back as they finish (a progress bar counts frames) and
@@ -26,7 +26,7 @@ import pandas as pd
 
 from glee.datasets.records import DATASET_AUS, au_names
 from glee.files import write_text_atomic
-from glee.prediction import (
+from glee.prediction.predictor import (
     LANDMARK_SOURCES,
     Frame,
     FramePredictor,
@@ -144,7 +144,7 @@ def predict_files(
     from ray.data import ActorPoolStrategy, DataContext
     from tqdm import tqdm
 
-    from glee_platform.train import ensure_ray
+    from glee_platform.session import ensure_ray
 
     t0 = time.perf_counter()
     if not inputs:

@@ -2,7 +2,7 @@
 
 Each shard (up to `shard_size` frames of one subject and task) is one Ray Data row. An
 actor pool (`ActorPoolStrategy`, one CPU per actor, models loaded once per actor) runs
-`glee.preprocessing.FacePreprocessor` on it (decode, landmarks, alignment, a batched 3DMM
+`glee.face.pipeline.FacePreprocessor` on it (decode, landmarks, alignment, a batched 3DMM
 fit) and writes the shard's faces and errors as Parquet, atomically. A shard's file is
 complete or absent, so a rerun with the same arguments processes only what is missing.
 When all shards are done the driver writes errors.parquet, manifest.json and, for FEC,
@@ -33,8 +33,9 @@ import pyarrow.parquet as pq
 import ray
 
 from glee.datasets.records import DATASET_AUS, au_names
+from glee.face.pipeline import FacePreprocessor, PreprocessConfig, error_row, load_morphable_model
 from glee.files import write_json_atomic, write_parquet_atomic
-from glee.preprocessing import FacePreprocessor, PreprocessConfig, error_row, load_morphable_model
+from glee_platform.session import ensure_ray
 
 AU_DATASETS = ("bp4d", "bp4dplus", "disfa")
 DATASETS = (*AU_DATASETS, "fec")
@@ -271,15 +272,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _ensure_ray(num_cpus: int | None) -> None:
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()  # a cluster: `ray job submit` or RAY_ADDRESS set by the user
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
-
-
 def _pool_size(num_cpus: int | None) -> int:
     if num_cpus:
         return max(1, int(num_cpus))
@@ -343,7 +335,7 @@ def preprocess_dataset(
     _remove_stale(out, table, {s["shard"] for s in shards})
 
     if todo:
-        _ensure_ray(num_cpus)
+        ensure_ray(num_cpus)
         from ray.data import ActorPoolStrategy, DataContext
 
         DataContext.get_current().enable_progress_bars = progress

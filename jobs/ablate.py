@@ -7,25 +7,13 @@ ray job submit --working-dir . -- python jobs/ablate.py --config paper-bp4d
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from glee.datasets.errors import DatasetError
-from glee_platform.config import ConfigError, load_config
-from glee_platform.data import DataError
-from glee_platform.preprocess import PreprocessError
+from glee_platform import cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="ablation-tiny", help="YAML file or preset name")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. finetune.epochs=2 (repeatable)",
-    )
+    parser = cli.parser(__doc__, default_config="ablation-tiny")
     parser.add_argument(
         "--variants",
         default="",
@@ -33,19 +21,22 @@ def main(argv: list[str] | None = None) -> int:
         "fixed_gb_lb, resnet_gb_lb, wo_gb_lb, wo_3dgb, wo_lb, wo_tc, wo_joint_fc",
     )
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int:
         from glee_platform.ablate import run_ablation
+        from glee_platform.config import load_config
+        from glee_platform.session import say
 
         cfg = load_config(args.config, args.set)
         variants = [v.strip() for v in args.variants.split(",") if v.strip()] or None
-        result = run_ablation(cfg, variants)
-    except (ConfigError, DataError, DatasetError, PreprocessError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(result.files["md"].read_text(encoding="utf-8"))
-    print(f"table: {result.files['md']} and {result.files['csv']}")
-    print(f"run folders: {result.run_dir}/<variant>/ (evaluate with jobs/evaluate.py --run ...)")
-    return 0
+        with cli.console(cfg.run_dir, "ablate", args.verbose):
+            result = run_ablation(cfg, variants)
+            say(result.files["md"].read_text(encoding="utf-8"))
+            say(f"table: {result.files['md']} and {result.files['csv']}")
+            say(f"run folders: {result.run_dir}/<variant>/ (jobs/evaluate.py --run ...)")
+        return 0
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from glee.datasets.errors import DatasetError
-from glee_platform.config import ConfigError
-from glee_platform.data import DataError
+from glee_platform import cli
 
 
 def _folds(text: str) -> list[int] | None:
@@ -25,7 +23,7 @@ def _folds(text: str) -> list[int] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.parser(__doc__)
     parser.add_argument("--run", required=True, help="run folder (runs/<name>)")
     parser.add_argument(
         "--eval-dataset",
@@ -39,10 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus-per-task", type=int, default=1, help="CPUs per fold task")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     args = parser.parse_args(argv)
-    try:
-        from glee_platform.evaluate import EvaluationError, evaluate_run
 
-        try:
+    def body() -> int:
+        from glee_platform.evaluate import evaluate_run
+        from glee_platform.session import say
+
+        with cli.console(args.out or args.run, "evaluate", args.verbose):
             result = evaluate_run(
                 args.run,
                 eval_dataset=args.eval_dataset or None,
@@ -53,15 +53,12 @@ def main(argv: list[str] | None = None) -> int:
                 cpus_per_task=args.cpus_per_task,
                 plots=not args.no_plots,
             )
-        except EvaluationError as err:
-            raise ConfigError(str(err)) from None
-    except (ConfigError, DataError, DatasetError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(result.files["f1_md"].read_text(encoding="utf-8"))
-    for name, path in sorted(result.files.items()):
-        print(f"{name}: {path}")
-    return 0
+            say(result.files["f1_md"].read_text(encoding="utf-8"))
+            for name, path in sorted(result.files.items()):
+                say(f"{name}: {path}")
+        return 0
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":

@@ -7,15 +7,13 @@ ray job submit --working-dir . -- python jobs/predict.py /mnt/shared/videos --ru
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from glee.datasets.errors import DatasetError
-from glee_platform.config import ConfigError
+from glee_platform import cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.parser(__doc__)
     parser.add_argument("inputs", nargs="+", help="image files, folders of images, videos")
     parser.add_argument("--run", required=True, help="finetune run folder (runs/<name>)")
     parser.add_argument("--fold", type=int, default=1, help="whose fold's model (default 1)")
@@ -37,12 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-actors", type=int, default=None, help="default: one per CPU")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        from glee.prediction import PredictInputError
-        from glee_platform.evaluate import EvaluationError
-        from glee_platform.predict import predict_files
 
-        try:
+    def body() -> int:
+        from glee_platform.predict import predict_files
+        from glee_platform.session import say
+
+        with cli.console(args.out, "predict", args.verbose):
             summary = predict_files(
                 args.inputs,
                 args.run,
@@ -55,13 +53,10 @@ def main(argv: list[str] | None = None) -> int:
                 num_actors=args.num_actors,
                 progress=not args.no_progress,
             )
-        except (EvaluationError, PredictInputError, FileNotFoundError) as err:
-            raise ConfigError(str(err).splitlines()[0]) from None
-    except (ConfigError, DatasetError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(summary.line())
-    return 0
+            say(summary.line())
+        return 0
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":

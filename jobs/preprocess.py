@@ -6,16 +6,16 @@ ray job submit --working-dir . -- python jobs/preprocess.py --dataset disfa --ro
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from glee.preprocessing import IMAGE_FORMATS, LANDMARK_BACKENDS, PreprocessConfig
-from glee_platform.preprocess import DATASETS, PreprocessError, preprocess_dataset
+from glee.face.pipeline import IMAGE_FORMATS, LANDMARK_BACKENDS
+from glee_platform import cli
+from glee_platform.preprocess import DATASETS
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap = cli.parser(__doc__)
     ap.add_argument("--dataset", required=True, choices=DATASETS)
     ap.add_argument("--root", required=True, type=Path, help="the dataset's root folder")
     ap.add_argument("--out", required=True, type=Path, help="output folder for this dataset")
@@ -26,28 +26,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-format", default="jpeg", choices=IMAGE_FORMATS)
     ap.add_argument("--model", default=None, help="MorphableModel .npz (default: built-in)")
     args = ap.parse_args(argv)
-    try:
-        cfg = PreprocessConfig(
-            landmarks=args.landmarks, image_format=args.image_format, model_path=args.model
-        )
-        summary = preprocess_dataset(
-            args.dataset,
-            args.root,
-            args.out,
-            num_cpus=args.num_cpus,
-            split=args.split,
-            shard_size=args.shard_size,
-            config=cfg,
-        )
-    except (PreprocessError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{args.dataset}: {summary.line()}")
-    print(
-        f"wrote {summary.out} ({summary.shards_run} of {summary.shards_total} shards run, "
-        f"{summary.seconds:.1f} s)"
-    )
-    return 0
+
+    def body() -> int:
+        from glee.face.pipeline import PreprocessConfig
+        from glee_platform.preprocess import PreprocessError, preprocess_dataset
+        from glee_platform.session import say
+
+        try:
+            cfg = PreprocessConfig(
+                landmarks=args.landmarks, image_format=args.image_format, model_path=args.model
+            )
+        except ValueError as err:
+            raise PreprocessError(str(err)) from None
+        with cli.console(args.out, "preprocess", args.verbose):
+            summary = preprocess_dataset(
+                args.dataset,
+                args.root,
+                args.out,
+                num_cpus=args.num_cpus,
+                split=args.split,
+                shard_size=args.shard_size,
+                config=cfg,
+            )
+            say(f"{args.dataset}: {summary.line()}")
+            say(
+                f"wrote {summary.out} ({summary.shards_run} of {summary.shards_total} shards "
+                f"run, {summary.seconds:.1f} s)"
+            )
+        return 0
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":

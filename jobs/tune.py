@@ -7,41 +7,30 @@ ray job submit --working-dir . -- python jobs/tune.py --config my-search.yaml
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from glee.datasets.errors import DatasetError
-from glee_platform.config import ConfigError
-from glee_platform.data import DataError
-from glee_platform.preprocess import PreprocessError
+from glee_platform import cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="tune-demo", help="YAML file or preset (tune-demo)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a value, e.g. search.num_samples=4 or finetune.epochs=1 (repeatable)",
-    )
+    parser = cli.parser(__doc__, default_config="tune-demo")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int:
+        from glee_platform.session import say
         from glee_platform.tune import load_search_config, run_search
 
         search, cfg = load_search_config(args.config, args.set)
-        result = run_search(search, cfg)
-    except (ConfigError, DataError, DatasetError, PreprocessError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(result.summary())
-    print(f"leaderboard: {result.path / 'leaderboard.md'}")
-    if result.best is not None:
-        print(f"best config: {result.path / 'best.yaml'}")
-    print(f"tensorboard --logdir {result.path}")
-    print(f"optuna-dashboard sqlite:///{result.path / 'optuna.db'}")
-    return 0
+        with cli.console(cfg.run_dir, "tune", args.verbose):
+            result = run_search(search, cfg)
+            say(result.summary())
+            say(f"leaderboard: {result.path / 'leaderboard.md'}")
+            if result.best is not None:
+                say(f"best config: {result.path / 'best.yaml'}")
+            say(f"dashboards: python jobs/dashboards.py {result.path}")
+        return 0
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":

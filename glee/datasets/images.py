@@ -16,7 +16,7 @@ import re
 import threading
 import zipfile
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -72,6 +72,14 @@ def decode_image(data: bytes, ref: str = "<bytes>") -> np.ndarray:
     if img is None:
         raise CorruptImageError(ref, "not a decodable image")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def decode_images(encoded: Sequence[bytes], what: str = "image") -> np.ndarray:
+    """Several encoded images of one size (aligned faces) -> (B, H, W, 3) uint8 RGB."""
+    out = [decode_image(data, f"{what} {i} of the batch") for i, data in enumerate(encoded)]
+    if not out:
+        raise ValueError(f"no {what}s to decode")
+    return np.stack(out)
 
 
 class _ProcessCache:

@@ -22,11 +22,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from glee.face.ibug import LEFT_EYE, RIGHT_EYE
+
 TEMPLATE_EYE_DISTANCE = 0.185  # inter-ocular distance as a fraction of the crop side
 TEMPLATE_EYE_HEIGHT = 0.425  # eye line height as a fraction of the crop side
-
-LEFT_EYE = tuple(range(36, 42))  # iBUG points of the eye on the image left
-RIGHT_EYE = tuple(range(42, 48))
 
 
 @dataclass

@@ -24,6 +24,7 @@ import functools
 import numpy as np
 from scipy.spatial import Delaunay
 
+from glee.face.ibug import MIRROR as IBUG_MIRROR
 from glee.face.morphable_model import MorphableModel
 
 NUM_SHAPE = 60
@@ -81,17 +82,6 @@ _RIGHT_LANDMARKS: dict[int, tuple[float, float, float]] = {
     66: (0.0, 38.3, -91.0),
     67: (-8.0, 38.0, -90.0),
 }
-
-# iBUG mirror pairs (subject right <-> left); points on the midline map to themselves.
-IBUG_MIRROR: tuple[int, ...] = tuple(
-    [16 - i for i in range(17)]
-    + [26 - (i - 17) for i in range(17, 27)]
-    + [27, 28, 29, 30]
-    + [35, 34, 33, 32, 31]
-    + [45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40]
-    + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55]
-    + [64, 63, 62, 61, 60, 67, 66, 65]
-)
 
 # Auxiliary points on the subject's left (x > 0); "_r" twins are mirrored. Midline points below.
 _LEFT_AUX: dict[str, tuple[float, float, float]] = {

@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from glee.face.alignment import LEFT_EYE, RIGHT_EYE
+from glee.face.ibug import LEFT_EYE, RIGHT_EYE
 
 NOSE_TIP, MOUTH_LEFT, MOUTH_RIGHT = 30, 48, 54  # iBUG points MTCNN's last three match
 

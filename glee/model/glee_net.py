@@ -92,20 +92,26 @@ class GLEENet(nn.Module):
             raise ValueError(f"images must be (B, 3, H, W) RGB in [0, 1], got {shape}")
         return images
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised E_exp = G_exp + L_exp (Sec. III-B), (B, embed_dim)."""
+    def forward_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The branch outputs this variant has, G_exp and L_exp (B, embed_dim), and
+        E_exp = normalise(G_exp + L_exp) (Sec. III-B), under "g_exp", "l_exp", "e_exp"."""
         if not self.cfg.has_embedding:
             raise ValueError(
                 "this GLEE-Net variant has no global or local branch (w/o GB&LB): there is "
                 "no expression embedding to compute or pretrain; use the full model"
             )
         x = facenet_normalise(self._check_images(images))
-        e_exp = 0.0
+        out: dict[str, torch.Tensor] = {}
         if self.global_branch is not None:
-            e_exp = e_exp + self.global_branch(x)  # G_exp
+            out["g_exp"] = self.global_branch(x)
         if self.local_branch is not None:
-            e_exp = e_exp + self.local_branch(x)  # L_exp
-        return F.normalize(e_exp, p=2, dim=1)
+            out["l_exp"] = self.local_branch(x)
+        out["e_exp"] = F.normalize(sum(out.values()), p=2, dim=1)
+        return out
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised E_exp = G_exp + L_exp (Sec. III-B), (B, embed_dim)."""
+        return self.forward_features(images)["e_exp"]
 
     def forward_head(
         self, e_exp: torch.Tensor | None, f_exp: torch.Tensor | None

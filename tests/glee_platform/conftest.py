@@ -21,14 +21,15 @@ TOY_SQUARES = [(40, 40), (110, 40), (75, 110)]
 
 
 def start_local_ray() -> None:
-    """The test session's Ray: two CPUs on this machine, no dashboard, quiet driver."""
+    """The test session's Ray: three logical CPUs on this two-core machine (two one-CPU
+    Train workers and the input pipeline that streams their data), no dashboard."""
     import ray
 
     # address="local": a bare init would join a cluster another `ray start` on this machine
     # registered in /tmp/ray/ray_current_cluster (the job-submit test starts one)
     ray.init(
         address="local",
-        num_cpus=2,
+        num_cpus=3,
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,

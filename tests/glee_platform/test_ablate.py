@@ -11,7 +11,7 @@ import pytest
 import yaml
 from evaluation_world import RUN, ablation
 
-from glee.paper_results import TABLE_V, TABLE_V_LABELS
+from glee.evaluation.paper_results import TABLE_V, TABLE_V_LABELS
 from glee_platform.ablate import (
     VARIANTS,
     ablation_table,

@@ -115,9 +115,6 @@ def test_placement_errors_name_the_fix(cluster):
     too_big = ResourcesSection(num_workers=1, cpus_per_worker=64, use_gpu=True)
     with pytest.raises(gres.ClusterConfigError, match="cpus_per_worker"):
         gres.check_placement(cluster, too_big)
-    assert gres.resolve_use_gpu("auto", {"CPU": 8}) is False
-    assert gres.resolve_use_gpu("auto", {"CPU": 8, "GPU": 2}) is True
-    assert gres.resolve_use_gpu(False, {"GPU": 2}) is False
 
 
 def test_shared_storage_is_where_runs_and_data_go(cluster):

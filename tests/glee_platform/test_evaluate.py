@@ -14,12 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 from evaluation_world import ablation, prep_dir
 
-from glee.ave_var import ave_var, branch_features, combination_ids, combination_name
-from glee.inference import infer, load_model_weights
+from glee.evaluation.ave_var import ave_var, branch_features, combination_ids, combination_name
+from glee.evaluation.plots import plot_ave_var, plot_f1_bars, plot_tsne
 from glee.model.config import ABLATIONS, GLEEConfig
 from glee.model.glee_net import GLEENet
-from glee.plots import plot_ave_var, plot_f1_bars, plot_tsne
-from glee_platform import data as gdata
+from glee.model.inference import infer, load_model_weights
+from glee.training.augmentation import center_crop, to_model_input
+from glee_platform import prepared
 from glee_platform.evaluate import EvaluationError, evaluate_run, fold_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,7 +96,7 @@ def test_infer_is_the_models_forward_on_the_centre_crop_for_every_variant(varian
     faces = rng.integers(0, 256, (4, 200, 200, 3), dtype=np.uint8)
     f_exp = rng.normal(size=(4, 51)).astype(np.float32)
     out = infer(loaded, faces, f_exp)
-    x, _ = gdata.center_crop(faces, np.zeros((4, 136), np.float32))  # the training's crop
+    x = to_model_input(center_crop(faces)[0])  # the training's evaluation crop
     with torch.no_grad():
         _, final = net(x, torch.as_tensor(f_exp))
     np.testing.assert_allclose(out.logits, final.numpy(), rtol=1e-5, atol=1e-6)
@@ -144,7 +145,7 @@ def test_evaluation_reproduces_the_training_validation_and_writes_the_report(ful
     hist = torch.load(fold_checkpoint(run, 1) / "state.pt", weights_only=True)["history"][-1]
     trained = np.array([hist[f"val_f1_{n}"] for n in res.au_names])
     np.testing.assert_allclose(res.per_fold_f1[1], trained, atol=1e-9)
-    labels = gdata.label_matrix(prep, "bp4d", [1])
+    labels = prepared.label_matrix(prep, "bp4d", [1])
     assert len(res.folds[1].labels) == len(labels) == int(hist["val_count"])
     out = run / "evaluation" / "bp4d"
     table = pd.read_csv(out / "f1.csv", index_col=0)
@@ -171,7 +172,7 @@ def test_cross_dataset_evaluates_every_face_and_shows_the_cross_dataset_number(f
     res = evaluate_run(
         run, prep=prep, eval_dataset="bp4dplus", out=tmp_path, plots=False, max_rows=0
     )
-    everything = gdata.label_matrix(prep, "bp4dplus", [0, 1, 2, 3])
+    everything = prepared.label_matrix(prep, "bp4dplus", [0, 1, 2, 3])
     assert res.cross_dataset and len(res.folds[1].labels) == len(everything)
     table = pd.read_csv(tmp_path / "f1.csv", index_col=0)
     assert table.loc["GLEE-Net, paper (trained on BP4D, all of BP4D+)", "Avg"] == 59.5

@@ -8,6 +8,7 @@ import torch
 from glee_platform import train
 from glee_platform.config import load_config
 from glee_platform.tracking import read_metrics_csv
+from glee_platform.train.checkpoints import CHECKPOINT_PREFIX
 
 
 @pytest.mark.ray
@@ -47,7 +48,7 @@ def test_worker_killed_mid_epoch_resumes_from_the_last_checkpoint(ray_session, t
 
 def test_resume_takes_the_newest_complete_checkpoint_of_the_folder(tmp_path):
     for epoch in (0, 1, 2):
-        d = tmp_path / f"{train.CHECKPOINT_PREFIX}{epoch:04d}"
+        d = tmp_path / f"{CHECKPOINT_PREFIX}{epoch:04d}"
         d.mkdir()
         torch.save({"epoch": epoch, "weights": torch.zeros(1000)}, d / train.STATE_FILE)
     # epoch 2's upload was cut short by the failure; epoch 1 was never registered

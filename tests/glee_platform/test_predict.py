@@ -17,7 +17,7 @@ from evaluation_world import ablation, prep_dir
 
 from glee.datasets.records import BP4D_AUS, au_names
 from glee.face.five_point import five_of, landmarks_from_five, neutral_template
-from glee.prediction import PredictInputError, csv_columns, list_frames, openface_au
+from glee.prediction.predictor import PredictInputError, csv_columns, list_frames, openface_au
 from glee_platform.evaluate import evaluate_run
 from glee_platform.predict import predict_files
 

@@ -12,84 +12,9 @@ import pytest
 import torch
 
 from glee.model.glee_net import build_glee_net
-from glee_platform import data as gdata
-from glee_platform import train
+from glee_platform import prepared, session, train, training_data
 from glee_platform.config import load_config
 from glee_platform.tracking import read_metrics_csv
-
-# --------------------------------------------------------------------------- augmentation
-
-
-def test_random_crop_flip_moves_landmarks_with_the_pixels():
-    b = 16
-    images = torch.zeros(b, 200, 200, 3, dtype=torch.uint8)
-    pts = torch.zeros(b, 68, 2)
-    rng = np.random.default_rng(0)
-    for i in range(b):
-        flat = rng.choice(160 * 160, size=68, replace=False)  # 68 distinct pixels
-        xy = np.stack([flat % 160 + 20, flat // 160 + 20], 1)
-        pts[i] = torch.as_tensor(xy, dtype=torch.float32)
-        for j in range(68):
-            images[i, xy[j, 1], xy[j, 0], 0] = j + 1  # pixel value names the landmark
-    gen = torch.Generator().manual_seed(1)
-    x, out, _ = gdata.random_crop_flip(
-        images, pts.reshape(b, 136), torch.zeros(b, 1), generator=gen
-    )
-    assert x.shape == (b, 3, 176, 176) and x.dtype == torch.float32
-    out = out.reshape(b, 68, 2)
-    flipped = 0
-    for i in range(b):
-        seen = set()
-        for k in range(68):
-            u, v = out[i, k].round().long().tolist()
-            if not (0 <= u < 176 and 0 <= v < 176) or gdata.IBUG_MIRROR[k] == k:
-                continue
-            value = round(float(x[i, 0, v, u]) * 255)
-            # unflipped: point k is where the pixel of point k went; flipped: point k is
-            # the mirror of the original point IBUG_MIRROR[k], whose pixel lands there
-            seen.add(
-                "plain"
-                if value == k + 1
-                else "flip"
-                if value == gdata.IBUG_MIRROR[k] + 1
-                else "bad"
-            )
-        assert len(seen) == 1 and "bad" not in seen, seen
-        flipped += seen == {"flip"}
-    assert 0 < flipped < b  # some images flipped, some not
-
-
-def test_flip_swaps_left_and_right_landmarks_and_blendshapes():
-    images = torch.zeros(64, 200, 200, 3, dtype=torch.uint8)
-    pts = torch.zeros(64, 68, 2)
-    pts[:, 36] = torch.tensor([60.0, 90.0])  # a left-eye corner (image left)
-    pts[:, 45] = torch.tensor([140.0, 90.0])  # its mirror point
-    expr = torch.tensor([[1.0, 0.0, 0.5]]).repeat(64, 1)
-    mirror = gdata.expression_mirror(["brow_raise_l", "brow_raise_r", "jaw_drop"], 3)
-    assert mirror.tolist() == [1, 0, 2]
-    gen = torch.Generator().manual_seed(0)
-    _, out, e = gdata.random_crop_flip(
-        images, pts.reshape(64, 136), expr, generator=gen, expr_mirror=mirror
-    )
-    out = out.reshape(64, 68, 2)
-    swapped = e[:, 0] == 0.0
-    assert 0 < int(swapped.sum()) < 64
-    assert torch.all(e[swapped] == torch.tensor([0.0, 1.0, 0.5]))
-    assert torch.all(e[~swapped] == torch.tensor([1.0, 0.0, 0.5]))
-    # on every image, point 36 stays left of point 45 (the iBUG order is mirrored too)
-    assert torch.all(out[:, 36, 0] < out[:, 45, 0])
-    # flipped images are the ones whose expression swapped
-    width = out[:, 45, 0] - out[:, 36, 0]
-    assert torch.allclose(width, torch.full_like(width, 80.0))
-
-
-def test_center_crop_is_the_deterministic_centre():
-    images = torch.randint(0, 255, (3, 200, 200, 3), dtype=torch.uint8)
-    lm = torch.full((3, 136), 100.0)
-    x, out = gdata.center_crop(images, lm)
-    assert torch.equal(x, images[:, 12:188, 12:188].permute(0, 3, 1, 2).float() / 255)
-    assert torch.all(out == 88.0)
-
 
 # --------------------------------------------------------------------------- data
 
@@ -116,18 +41,18 @@ def test_au_weights_come_from_the_training_folds_only(toy_prep, tmp_path):
 
 def test_chain_mining_adds_triplets_the_chains_prove():
     rows = [("a", "p", "n", 0.1), ("a", "n", "m", 0.2), ("p", "n", "m", 0.1)]
-    mined = gdata.chain_mine(rows)
+    mined = training_data.chain_mine(rows)
     # {a,p} < {a,n} < {a,m} and {a,p} < {p,n} < {p,m}: (a, p; m) with the larger margin
     assert [(set(r[:2]), r[2], r[3]) for r in mined] == [({"a", "p"}, "m", 0.2)]
 
 
 def test_load_triplets_keeps_the_split_and_sets_margins(toy_prep):
     kw = {"margin_one": 0.1, "margin_two_three": 0.2}
-    tr = gdata.load_triplets(toy_prep, chain_mining=False, split="train", **kw)
-    te = gdata.load_triplets(toy_prep, chain_mining=False, split="test", **kw)
+    tr = training_data.load_triplets(toy_prep, chain_mining=False, split="train", **kw)
+    te = training_data.load_triplets(toy_prep, chain_mining=False, split="test", **kw)
     assert (tr.num_rows, te.num_rows) == (123, 30)
     assert sorted(set(np.round(tr["margin"].to_numpy().astype(float), 3))) == [0.1, 0.2]
-    mined = gdata.load_triplets(toy_prep, chain_mining=True, split="train", **kw)
+    mined = training_data.load_triplets(toy_prep, chain_mining=True, split="train", **kw)
     assert mined.num_rows > tr.num_rows
     assert int(mined["mined"].to_numpy().sum()) == mined.num_rows - tr.num_rows
 
@@ -145,7 +70,8 @@ def toy_runs(ray_session, toy_prep, tmp_path_factory):
             "name=toy",
             f"data.prep={toy_prep}",
             f"resources.storage_path={runs}",
-            "resources.cpus_per_worker=2",
+            "resources.cpus_per_worker=1",
+            "resources.threads_per_worker=2",
             "pretrain.batch_size=12",
             "pretrain.epochs=2",
             "pretrain.lr=0.05",
@@ -212,7 +138,7 @@ def test_checkpoint_round_trip_and_pretrained_init(toy_runs):
         ft.folds[1].checkpoint / train.STATE_FILE, map_location="cpu", weights_only=True
     )
     assert state["epoch"] == 3 and len(state["history"]) == 4
-    assert set(state) >= {"model", "optimizer", "epoch", "global_step"}
+    assert set(state) >= {"model", "optimisation", "epoch", "global_step"}
     net = build_glee_net(train.model_config(cfg, 3))
     net.load_state_dict(state["model"])  # strict: the whole model is in the checkpoint
     fresh = build_glee_net(train.model_config(cfg, 3))
@@ -244,7 +170,7 @@ def test_validation_counts_are_summed_over_two_workers(ray_session, toy_prep, tm
             "resources.num_workers=2",
             "resources.cpus_per_worker=1",
             "finetune.init=none",
-            "finetune.batch_size=8",
+            "finetune.batch_size=16",
             "finetune.folds=[2]",
         ],
     )
@@ -277,7 +203,7 @@ def test_a_named_train_run_stays_in_its_run_folder_and_calls_callbacks(
         [
             f"data.prep={toy_prep}",
             f"resources.storage_path={tmp_path / 'runs'}",
-            "resources.cpus_per_worker=2",
+            "resources.cpus_per_worker=1",
             "finetune.init=none",
             "finetune.batch_size=16",
             "finetune.epochs=2",
@@ -302,18 +228,18 @@ def test_a_named_train_run_stays_in_its_run_folder_and_calls_callbacks(
 
 
 def test_on_cluster_follows_the_address(monkeypatch):
-    monkeypatch.setattr(train, "_connected_to", None)
+    monkeypatch.setattr(session, "_connected_to", None)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert not train.on_cluster()
+    assert not session.on_cluster()
     monkeypatch.setenv("RAY_ADDRESS", "local")
-    assert not train.on_cluster()
+    assert not session.on_cluster()
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
-    assert train.on_cluster()
-    monkeypatch.setattr(train, "_connected_to", "local")  # ensure_ray(address="local")
-    assert not train.on_cluster()
+    assert session.on_cluster()
+    monkeypatch.setattr(session, "_connected_to", "local")  # ensure_ray(address="local")
+    assert not session.on_cluster()
 
 
 def test_missing_preprocessed_data_is_one_clear_line(tmp_path):
-    with pytest.raises(gdata.DataError, match="run preprocessing first"):
-        gdata.read_manifest(tmp_path, "bp4d")
-    assert not gdata.is_preprocessed(Path(tmp_path), "fec")
+    with pytest.raises(prepared.DataError, match="run preprocessing first"):
+        prepared.read_manifest(tmp_path, "bp4d")
+    assert not prepared.is_preprocessed(Path(tmp_path), "fec")

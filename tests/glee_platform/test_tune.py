@@ -52,10 +52,11 @@ def test_depth_and_heads_are_drawn_only_for_the_transformer():
         study.tell(trial, 0.0)
     assert classifiers == {"transformer", "mlp"}
     # the Tune searcher hands trials the same conditional configs, and trial configs build
-    searcher = gtune.OptunaFoldSearch(
+    searcher = gtune.FoldOptunaSearch(
         space=space,
         metric=gtune.METRIC,
         mode="max",
+        time_attr=gtune.TIME_ATTR,
         sampler=optuna.samplers.RandomSampler(seed=1),
         num_folds=3,
     )
@@ -88,12 +89,13 @@ def test_the_first_trial_is_the_base_config():
 def test_asha_stopped_trials_are_pruned_in_the_sqlite_study(tmp_path):
     search, _ = _smoke()
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    searcher = gtune.OptunaFoldSearch(
+    searcher = gtune.FoldOptunaSearch(
         space=gtune.SearchSpace(search.space, "transformer"),
         metric=gtune.METRIC,
         mode="max",
+        time_attr=gtune.TIME_ATTR,
         study_name="s",
-        storage=optuna.storages.RDBStorage(url),
+        storage=url,
         num_folds=3,
     )
     searcher.suggest("full")
@@ -122,7 +124,9 @@ def test_asha_rungs_are_rebuilt_from_finished_trials_on_restore():
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import TrialScheduler
 
-    asha = gtune.FoldASHA(folds=[1, 2, 3], grace_period=1, reduction_factor=2)
+    asha = gtune.FoldASHA(
+        folds=[1, 2, 3], time_attr=gtune.TIME_ATTR, grace_period=1, reduction_factor=2
+    )
     asha.set_search_properties(gtune.METRIC, "max")
     # a trial restored as finished: fold F1 0.6, 0.2, 0.1 -> running mean 0.6 at rung 1
     done = {gtune.TIME_ATTR: 3, gtune.METRIC: 0.3, "f1_fold1": 0.6, "f1_fold2": 0.2}

@@ -203,3 +203,22 @@ def test_build_warns_once_without_weights(tmp_path, monkeypatch):
     msgs = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     assert len(msgs) == 1
     assert str(tmp_path / "checkpoints" / "20180402-114759-vggface2.pt") in msgs[0]
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_every_variant_uses_all_its_trainable_parameters(ablation):
+    """DDP runs with find_unused_parameters=False: a trainable parameter that a variant's
+    forward leaves out would hang the gradient all-reduce of a multi-GPU run."""
+    cfg = GLEEConfig.tiny(3).with_ablation(ablation)
+    net = GLEENet(cfg).train()
+    images = torch.rand(2, 3, cfg.input_size, cfg.input_size)
+    initial, final = net(images if cfg.has_embedding else None, torch.rand(2, cfg.expr_dim))
+    (initial.sum() + final.sum()).backward()
+    unused = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused, unused
+    if cfg.has_embedding and not cfg.freeze_branches:  # pretraining, head frozen (Sec. III-E)
+        net.zero_grad(set_to_none=True)
+        net.classifier.requires_grad_(False)
+        net.embed(images).sum().backward()
+        unused = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
+        assert not unused, unused

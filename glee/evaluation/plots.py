@@ -19,7 +19,7 @@ matplotlib.use("Agg")  # before pyplot: files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from glee.ave_var import AveVar, combination_name  # noqa: E402
+from glee.evaluation.ave_var import AveVar, combination_name  # noqa: E402
 from glee.files import atomic_path  # noqa: E402
 
 

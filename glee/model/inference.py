@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from glee.model.glee_net import GLEENet, facenet_normalise
+from glee.model.glee_net import GLEENet
+from glee.training.augmentation import center_crop, to_model_input
 
 STATE_FILE = "state.pt"  # the file a Ray Train checkpoint folder holds (glee_platform.train)
 THRESHOLD = 0.5  # Sec. IV-A: an AU is present if p > 0.5
@@ -46,32 +46,6 @@ def load_model_weights(net: GLEENet, checkpoint: str | os.PathLike) -> GLEENet:
         )
     net.load_state_dict(weights)
     return net.eval()
-
-
-def center_crop_tensor(faces: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
-    """Sec. IV-B evaluation crop: uint8 (B, H, W, 3) -> float (B, 3, size, size) in [0, 1]."""
-    imgs = torch.as_tensor(np.asarray(faces) if not torch.is_tensor(faces) else faces)
-    if imgs.dim() != 4 or imgs.shape[3] != 3:
-        raise ValueError(f"faces must be (B, H, W, 3) uint8 RGB, got {tuple(imgs.shape)}")
-    h, w = imgs.shape[1], imgs.shape[2]
-    if h < size or w < size:
-        raise ValueError(f"faces of {h}x{w} pixels are smaller than the {size}x{size} crop")
-    oy, ox = (h - size) // 2, (w - size) // 2
-    x = imgs[:, oy : oy + size, ox : ox + size]  # (B, size, size, 3)
-    return x.permute(0, 3, 1, 2).float().contiguous() / 255.0
-
-
-def decode_faces(encoded: list[bytes]) -> np.ndarray:
-    """PNG/JPEG bytes of aligned faces -> (B, H, W, 3) uint8 RGB (as the training data is)."""
-    import cv2
-
-    faces = []
-    for i, data in enumerate(encoded):
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f"aligned face {i} of the batch does not decode as PNG or JPEG")
-        faces.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    return np.stack(faces)
 
 
 @dataclass
@@ -120,22 +94,11 @@ def infer(
     """
     net.eval()
     cfg = net.cfg
-    x = center_crop_tensor(faces, cfg.input_size).to(device)
+    crops, _ = center_crop(np.asarray(faces), size=cfg.input_size)  # Sec. IV-B
+    x = to_model_input(crops, device)
     f = torch.as_tensor(np.asarray(f_exp, np.float32)).to(device)
-    out: dict[str, torch.Tensor] = {}
-    e_exp = None
-    if cfg.has_embedding:
-        xn = facenet_normalise(x)
-        total = 0.0
-        if net.global_branch is not None:
-            out["g_exp"] = net.global_branch(xn)
-            total = total + out["g_exp"]
-        if net.local_branch is not None:
-            out["l_exp"] = net.local_branch(xn)
-            total = total + out["l_exp"]
-        e_exp = F.normalize(total, p=2, dim=1)
-        out["e_exp"] = e_exp
-    _, final = net.forward_head(e_exp, f if cfg.use_3d else None)
+    out = net.forward_features(x) if cfg.has_embedding else {}
+    _, final = net.forward_head(out.get("e_exp"), f if cfg.use_3d else None)
     return Outputs(
         logits=final.float().cpu().numpy(),
         **{k: v.float().cpu().numpy() for k, v in out.items()},
@@ -146,8 +109,6 @@ __all__ = [
     "STATE_FILE",
     "THRESHOLD",
     "Outputs",
-    "center_crop_tensor",
-    "decode_faces",
     "infer",
     "load_model_weights",
 ]

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import torch
 
-from glee.metrics import (
+from glee.evaluation.metrics import (
     F1Accumulator,
     au_f1,
     f1_table,

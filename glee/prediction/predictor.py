@@ -2,8 +2,8 @@
 
 An input becomes frames (`list_frames`): an image is one frame, a folder its images in
 name order, a video every frame. `FramePredictor` runs a batch of frames through the same
-preprocessing as the datasets (`glee.preprocessing.FacePreprocessor`: landmarks, JAA-Net
-alignment, 3DMM fit), then a finetuned GLEE-Net (`glee.inference.infer`). Every frame
+preprocessing as the datasets (`glee.face.pipeline.FacePreprocessor`: landmarks, JAA-Net
+alignment, 3DMM fit), then a finetuned GLEE-Net (`glee.model.inference.infer`). Every frame
 gives exactly one row; a frame with no face (or one that fails a stage) is a row with
 success 0 and an error record naming the stage and the reason.
 
@@ -33,13 +33,13 @@ import cv2
 import numpy as np
 import torch
 
-from glee.datasets.images import VIDEO_SUFFIXES, video_ref
+from glee.datasets.images import VIDEO_SUFFIXES, decode_images, video_ref
 from glee.face.five_point import FivePointLandmarks
 from glee.face.landmarks import make_landmark_backend
-from glee.inference import Outputs, decode_faces, infer, load_model_weights
+from glee.face.pipeline import FacePreprocessor, PreprocessConfig, error_row, read_frames
 from glee.model.config import GLEEConfig
 from glee.model.glee_net import GLEENet
-from glee.preprocessing import FacePreprocessor, PreprocessConfig, decode_images, error_row
+from glee.model.inference import Outputs, infer, load_model_weights
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LANDMARK_SOURCES = ("fan", "mtcnn5", "provided")
@@ -69,7 +69,7 @@ def csv_columns(au_names: Sequence[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class Frame:
-    """One frame of one input: `image` is a reference glee.preprocessing can decode."""
+    """One frame of one input: `image` is a reference glee.face.pipeline can decode."""
 
     input: str  # the file or folder the user named
     subject: str  # the input's stem: key of provided landmarks and name of its CSV
@@ -209,7 +209,7 @@ class FramePredictor:
         errors: list[dict[str, Any]] = []
         failed: dict[int, dict[str, Any]] = {}
         if self.landmarks != "provided":
-            images = decode_images([it["image"] for it in items])
+            images = read_frames([it["image"] for it in items])
             for i, det in enumerate(self._detect(images)):
                 if isinstance(images[i], str):
                     failed[i] = error_row(items[i], "decode", images[i] or "empty reference")
@@ -233,7 +233,7 @@ class FramePredictor:
                 failed[i] = e
         outputs: dict[int, tuple[Outputs, int]] = {}
         if rows:
-            faces = decode_faces([r["image"] for r in rows])  # (n, 200, 200, 3)
+            faces = decode_images([r["image"] for r in rows])  # (n, 200, 200, 3)
             f_exp = np.asarray([r["expression"] for r in rows], np.float32)
             out = infer(self.net, faces, f_exp, device=self.device)
             for j, r in enumerate(rows):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from glee.losses import (
+from glee.training.losses import (
     TRIPLET_MARGINS,
     au_class_weights,
     au_loss,

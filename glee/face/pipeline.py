@@ -87,7 +87,7 @@ def _split_video_ref(ref: str) -> tuple[str, int] | None:
     return None
 
 
-def decode_images(refs: list[str]) -> list[np.ndarray | str]:
+def read_frames(refs: list[str]) -> list[np.ndarray | str]:
     """Decode image references (glee.datasets.records); a string in the output is the reason
     the reference could not be decoded. Frames of one video are read in one sequential pass.
     """
@@ -191,7 +191,7 @@ class FacePreprocessor:
     def process(self, items: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
         """Returns (face rows, error rows); every item lands in exactly one of them."""
         errors: list[dict] = []
-        images = decode_images([str(it["image"]) for it in items])
+        images = read_frames([str(it["image"]) for it in items])
         staged: list[tuple[dict, np.ndarray, np.ndarray]] = []  # item, image, landmarks (68, 2)
         for item, image in zip(items, images):
             if isinstance(image, str):

@@ -23,14 +23,17 @@ class F1Accumulator:
     (e.g. an all-reduce) and folded back with `merge`.
     """
 
-    def __init__(self, num_aus: int, threshold: float = 0.5) -> None:
+    def __init__(
+        self, num_aus: int, threshold: float = 0.5, device: torch.device | str = "cpu"
+    ) -> None:
         if num_aus <= 0:
             raise ValueError(f"num_aus must be positive, got {num_aus}")
         self.num_aus = num_aus
         self.threshold = threshold
-        self.tp = torch.zeros(num_aus, dtype=torch.int64)
-        self.fp = torch.zeros(num_aus, dtype=torch.int64)
-        self.fn = torch.zeros(num_aus, dtype=torch.int64)
+        self.device = torch.device(device)  # counts stay where the predictions are: no sync
+        self.tp = torch.zeros(num_aus, dtype=torch.int64, device=self.device)
+        self.fp = torch.zeros(num_aus, dtype=torch.int64, device=self.device)
+        self.fn = torch.zeros(num_aus, dtype=torch.int64, device=self.device)
 
     def reset(self) -> None:
         for t in (self.tp, self.fp, self.fn):
@@ -44,8 +47,8 @@ class F1Accumulator:
         from_logits: bool = True,
     ) -> None:
         """Add a batch: scores (B, n_au) and labels (B, n_au) of 1 / 0 / -1 (unknown)."""
-        scores = torch.as_tensor(logits_or_probs).detach().cpu().to(torch.float64)
-        lab = torch.as_tensor(labels).detach().cpu()
+        scores = torch.as_tensor(logits_or_probs).detach().to(self.device, torch.float64)
+        lab = torch.as_tensor(labels).detach().to(self.device)
         if scores.shape != lab.shape or scores.dim() != 2 or scores.shape[1] != self.num_aus:
             raise ValueError(
                 f"scores and labels must both be (B, {self.num_aus}), got "
@@ -66,7 +69,7 @@ class F1Accumulator:
 
     def merge(self, state: torch.Tensor | np.ndarray) -> None:
         """Add counts from another accumulator's `state()`."""
-        s = torch.as_tensor(state).detach().cpu().to(torch.int64)
+        s = torch.as_tensor(state).detach().to(self.device, torch.int64)
         if s.shape != (3, self.num_aus):
             raise ValueError(f"state must be (3, {self.num_aus}), got {tuple(s.shape)}")
         self.tp += s[0]
@@ -75,7 +78,7 @@ class F1Accumulator:
 
     def f1(self) -> np.ndarray:
         """(n_au,) F1 in [0, 1]: 2TP / (2TP + FP + FN), 0 where the denominator is 0."""
-        return f1_from_counts(self.tp.numpy(), self.fp.numpy(), self.fn.numpy())
+        return f1_from_counts(*(t.cpu().numpy() for t in (self.tp, self.fp, self.fn)))
 
     def mean_f1(self) -> float:
         return float(self.f1().mean())

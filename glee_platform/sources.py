@@ -1,0 +1,108 @@
+"""Where an experiment's datasets come from, and making sure they are preprocessed.
+
+Raw data is the user's (`data.raw.<dataset>`: the dataset's root folder) or, only when the
+config asks for it (`data.synthetic: tiny|demo|large`), the synthetic world written into
+`<data root>/raw`. Nothing is substituted: a missing raw folder is an error, never a
+reason to fall back to synthetic data.
+
+Preprocessed data (`<prep>/<dataset>/`) is reused only when its manifest says it was made
+from the same raw root, with the same landmark backend and preprocessing settings; a
+folder made otherwise stops the job with one line (preprocess into another `data.prep`,
+or `--force` to redo it in place).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from glee_platform.config import ConfigError, ExperimentConfig
+from glee_platform.prepared import dataset_dir, is_preprocessed, read_manifest
+
+# manifest["config"] keys that decide what a preprocessed folder holds
+MATCHED_SETTINGS = ("landmarks", "align_size", "image_format", "jpeg_quality", "model_path")
+
+
+def needed_datasets(cfg: ExperimentConfig) -> list[str]:
+    names = [cfg.data.dataset]
+    if cfg.finetune.eval_dataset and cfg.finetune.eval_dataset not in names:
+        names.append(cfg.finetune.eval_dataset)
+    if cfg.finetune.init == "pretrain":
+        names.append("fec")
+    return names
+
+
+def raw_root(cfg: ExperimentConfig, dataset: str) -> Path:
+    """The raw folder a dataset is read from: the user's, or the synthetic one asked for."""
+    if dataset in cfg.data.raw:
+        root = Path(cfg.data.raw[dataset]).expanduser().resolve()
+        if not root.is_dir():
+            raise ConfigError(
+                f"data.raw.{dataset}={cfg.data.raw[dataset]!r} is not a folder: point it at "
+                f"the {dataset} root (README, Datasets), or drop it and set data.synthetic"
+            )
+        return root
+    if cfg.data.synthetic == "none":
+        raise ConfigError(
+            f"no raw folder for {dataset}: set data.raw.{dataset} to its root, or "
+            "data.synthetic to a preset (tiny, demo, large) to use synthetic data"
+        )
+    return cfg.raw_dir / dataset  # glee.synthetic.writers.synthesize writes <raw>/<dataset>
+
+
+def _mismatch(manifest: dict[str, Any], root: Path, settings: dict[str, Any]) -> str | None:
+    """Why a preprocessed folder does not hold what the config asks for; None if it does."""
+    made = manifest.get("config", {})
+    if made.get("root") and Path(made["root"]).resolve() != root:
+        return f"it was made from {made['root']}, not {root}"
+    for key in MATCHED_SETTINGS:
+        if key in made and key in settings and made[key] != settings[key]:
+            return f"it was made with {key}={made[key]!r}, this config asks for {settings[key]!r}"
+    return None
+
+
+def ensure_preprocessed(cfg: ExperimentConfig, datasets: list[str], *, force: bool = False) -> None:
+    """Preprocess every needed dataset whose Parquet folder is absent (or, with `force`,
+    that was made otherwise); refuse to reuse one that was made from other inputs."""
+    from glee_platform.preprocess import preprocess_dataset
+
+    settings = {"landmarks": cfg.data.landmarks}
+    for name in datasets:
+        root = raw_root(cfg, name) if name in cfg.data.raw or cfg.data.synthetic != "none" else None
+        out = dataset_dir(cfg.prep_dir, name)
+        if is_preprocessed(cfg.prep_dir, name):
+            why = (
+                None
+                if root is None
+                else _mismatch(read_manifest(cfg.prep_dir, name), root, settings)
+            )
+            if why is None:
+                continue
+            if not force:
+                raise ConfigError(
+                    f"{out} does not hold this config's {name}: {why}; set data.prep to "
+                    "another folder, or pass --force to preprocess it again there"
+                )
+            print(f"[glee] {name}: preprocessing again ({why})")
+            shutil.rmtree(out)
+        if root is None:
+            root = raw_root(cfg, name)  # raises the one-line error
+        if name not in cfg.data.raw:
+            _write_synthetic(cfg, name)
+        print(f"[glee] preprocessing {name}: {root} -> {out}")
+        summary = preprocess_dataset(name, root, out, landmarks=cfg.data.landmarks)
+        print(f"[glee] {name}: {summary.line()}")
+
+
+def _write_synthetic(cfg: ExperimentConfig, dataset: str) -> None:
+    from glee.synthetic.writers import synthesize
+
+    print(f"[glee] synthetic {dataset} ({cfg.data.synthetic} preset) -> {cfg.raw_dir}")
+    synthesize(
+        cfg.raw_dir,
+        preset=cfg.data.synthetic,
+        seed=cfg.data.synthetic_seed,
+        datasets=[dataset],
+        progress=True,
+    )
