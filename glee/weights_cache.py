@@ -23,16 +23,21 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import requests
 from filelock import FileLock
 from tqdm import tqdm
 
 CHUNK_BYTES = 1 << 20
+RETRIES = 3  # attempts on transient errors (connection, timeout, short body, HTTP 5xx/429)
+BACKOFF_S = 2.0  # sleep before attempt k+1: BACKOFF_S * k
+TIMEOUT_S = 30.0  # connect and per-read timeout
 
 
 @dataclass(frozen=True)
@@ -133,15 +138,19 @@ def fetch_weights(
     spec: WeightFile,
     torch_home: str | os.PathLike | None = None,
     *,
-    retries: int = 3,
-    timeout_s: float = 30.0,
-    backoff_s: float = 2.0,
+    retries: int | None = None,
+    timeout_s: float | None = None,
+    backoff_s: float | None = None,
     progress: bool = True,
 ) -> Path:
     """Path of `spec`'s file in its cache folder, downloaded first when absent.
 
     Raises MissingWeightsError (one line: URL, file, folder) when it cannot be had.
+    `retries`, `timeout_s`, `backoff_s` default to the module's RETRIES, TIMEOUT_S, BACKOFF_S.
     """
+    retries = RETRIES if retries is None else max(1, retries)
+    timeout_s = TIMEOUT_S if timeout_s is None else timeout_s
+    backoff_s = BACKOFF_S if backoff_s is None else backoff_s
     dest = spec.path(torch_home)
     if dest.is_file():
         return dest
@@ -159,7 +168,7 @@ def fetch_weights(
         if dest.is_file():
             return dest
         reason = ""
-        for attempt in range(1, max(1, retries) + 1):
+        for attempt in range(1, retries + 1):
             try:
                 _download(spec, dest, timeout_s, progress)
                 return dest
@@ -167,7 +176,7 @@ def fetch_weights(
                 reason = str(exc)
                 break
             except (requests.RequestException, OSError) as exc:
-                reason = _one_line(exc)
+                reason = _reason(exc, spec.url)
                 if attempt < retries:
                     time.sleep(backoff_s * attempt)
     raise MissingWeightsError(
@@ -186,21 +195,21 @@ def probe_url(url: str, timeout_s: float = 3.0) -> str | None:
             if r.status_code >= 400:
                 return f"HTTP {r.status_code}"
     except requests.RequestException as exc:
-        return _one_line(exc)
+        return _reason(exc, url)
     return None
 
 
-def _one_line(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-__all__ = [
-    "FAN_2D",
-    "VGGFACE2",
-    "MissingWeightsError",
-    "WeightFile",
-    "default_torch_home",
-    "fetch_weights",
-    "probe_url",
-]
+def _reason(exc: BaseException, url: str) -> str:
+    """A short cause of a failed request (requests' own text repeats the URL and reprs)."""
+    text = " ".join(f"{exc}".split())
+    host = urlparse(url).netloc
+    if isinstance(exc, requests.Timeout):
+        return f"{host} did not answer in time"
+    cut = re.search(r"IncompleteRead\([^)]*\)", text)
+    if cut:
+        return f"transfer cut short: {cut.group(0)}"
+    if isinstance(exc, requests.ConnectionError):
+        errno = re.search(r"\[Errno [^\]]*\][^)'\"]*", text)
+        return f"cannot connect to {host}" + (f": {errno.group(0).strip()}" if errno else "")
+    text = f"{type(exc).__name__}: {text}"
+    return text if len(text) <= 200 else text[:197] + "..."
