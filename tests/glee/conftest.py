@@ -48,6 +48,14 @@ class FileServer:
         self._httpd.server_close()
 
 
+@pytest.fixture(autouse=True)
+def _no_download_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries of a failing download run back to back (the product waits 2 s, 4 s)."""
+    from glee import weights_cache
+
+    monkeypatch.setattr(weights_cache, "BACKOFF_S", 0.0)
+
+
 @pytest.fixture
 def file_server() -> Iterator[FileServer]:
     server = FileServer()

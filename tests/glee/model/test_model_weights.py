@@ -46,7 +46,6 @@ def test_missing_file_raises(tmp_path):
 def vggface2_at(monkeypatch, tmp_path):
     """Point the VGGFace2 spec at `url` with the SHA-256 of `body`; the torch home is tmp."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(weights_cache, "BACKOFF_S", 0.0)
 
     def point(url: str, body: bytes = b"") -> weights_cache.WeightFile:
         spec = dataclasses.replace(
