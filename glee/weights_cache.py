@@ -12,6 +12,8 @@ file fetched here is found by face-alignment or facenet-pytorch and the other wa
              the umask's mode), retry transient network errors a few times;
     failing  (offline, HTTP error, short body, wrong hash) MissingWeightsError, one line
              naming the URL, the file and the folder to put it in; no partial file is left.
+GLEE_OFFLINE=1 in the environment skips every download (an air-gapped cluster then fails
+at once instead of after the retries' timeouts).
 
 The transfer uses requests (tqdm draws the bar), not torch.hub.download_url_to_file: that
 one opens the URL without a timeout (a firewalled host blocks for minutes, a stalled
@@ -38,6 +40,7 @@ CHUNK_BYTES = 1 << 20
 RETRIES = 3  # attempts on transient errors (connection, timeout, short body, HTTP 5xx/429)
 BACKOFF_S = 2.0  # sleep before attempt k+1: BACKOFF_S * k
 TIMEOUT_S = 30.0  # connect and per-read timeout
+OFFLINE_ENV = "GLEE_OFFLINE"
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ class WeightFile:
     url: str
     sha256: str
     folder: str  # cache folder, relative to the torch home
-    library: str  # the library whose cache layout this is (for messages)
+    library: str  # what it is and whose cache layout this is (starts the messages)
 
     def path(self, torch_home: str | os.PathLike | None = None) -> Path:
         return default_torch_home(torch_home) / self.folder / self.name
@@ -60,7 +63,7 @@ FAN_2D = WeightFile(
     url="https://www.adrianbulat.com/downloads/python-fan/2DFAN4-11f355bf06.pth.tar",
     sha256="11f355bf0693120222f5955ce3f9dc8fb5763ebb30a47d7906e509490d32e4aa",
     folder="hub/checkpoints",
-    library="face-alignment",
+    library="face-alignment's FAN landmark",
 )
 
 # facenet-pytorch's release v2.2.9 (InceptionResnetV1(pretrained="vggface2") downloads it
@@ -73,7 +76,7 @@ VGGFACE2 = WeightFile(
     ),
     sha256="281cebca8662831adb987a874bdcb36e73f5b1c6dc5ee5878f305e985625d99b",
     folder="checkpoints",
-    library="facenet-pytorch",
+    library="facenet-pytorch's VGGFace2",
 )
 
 
@@ -155,6 +158,11 @@ def fetch_weights(
     if dest.is_file():
         return dest
     folder = dest.parent
+    if offline():
+        raise MissingWeightsError(
+            f"{spec.library} weights {spec.name} not found in {folder}, and {OFFLINE_ENV} is "
+            f"set: download {spec.url} by hand into that folder"
+        )
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -185,11 +193,18 @@ def fetch_weights(
     )
 
 
+def offline() -> bool:
+    """True when $GLEE_OFFLINE says downloads are off (1, true, yes)."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
 def probe_url(url: str, timeout_s: float = 3.0) -> str | None:
     """None when `url` answers with a success status within `timeout_s`, else the reason.
 
     A streamed GET whose body is not read: some file hosts refuse HEAD.
     """
+    if offline():
+        return f"{OFFLINE_ENV} is set"
     try:
         with requests.get(url, stream=True, timeout=timeout_s) as r:
             if r.status_code >= 400:

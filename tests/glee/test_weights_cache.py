@@ -105,6 +105,18 @@ def test_offline_raises_one_line(tmp_path, unreachable_url):
     _assert_one_line_naming(err.value, spec, tmp_path)
 
 
+def test_offline_switch_skips_the_download(file_server, tmp_path, monkeypatch):
+    spec = _spec(file_server.add("/net-0123.pth", BODY))
+    monkeypatch.setenv("GLEE_OFFLINE", "1")
+    with pytest.raises(MissingWeightsError, match="GLEE_OFFLINE is set") as err:
+        _fetch(spec, tmp_path)
+    _assert_one_line_naming(err.value, spec, tmp_path)
+    assert probe_url(spec.url) == "GLEE_OFFLINE is set"
+    assert file_server.hits["/net-0123.pth"] == 0
+    monkeypatch.setenv("GLEE_OFFLINE", "0")
+    assert _fetch(spec, tmp_path).read_bytes() == BODY
+
+
 def test_probe_url(file_server, unreachable_url):
     assert probe_url(file_server.add("/x", b"abc"), timeout_s=2) is None
     assert probe_url(file_server.url("/nothing"), timeout_s=2) == "HTTP 404"
