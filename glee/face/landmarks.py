@@ -3,7 +3,12 @@
 Backends:
     provided  landmarks.parquet / landmarks.csv beside the dataset (DESIGN.md, "Landmarks a
               user provides"): columns subject, task, frame, x0..x67, y0..y67.
-    fan       face-alignment's 2D FAN (Bulat & Tzimiropoulos), run on a given face box.
+    fan       face-alignment's 2D FAN (Bulat & Tzimiropoulos), run on a given face box; its
+              weights download on first use (glee.weights_cache.FAN_2D).
+    dlib      dlib's 68-point shape predictor (Kazemi & Sullivan), from the dlib-bin and
+              face-recognition-models packages: works offline, no download.
+    auto      `choose_landmark_backend`: fan when its weights are on disk or downloadable,
+              else dlib. MTCNN's five points are never a stand-in for 68.
 
 Every backend is called as `backend(image, key, box)` with the RGB uint8 image, the
 (subject, task, frame) key of the frame and the face box (x0, y0, x1, y1), and returns a
@@ -13,12 +18,18 @@ Every backend is called as `backend(image, key, box)` with the RGB uint8 image, 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+from glee import weights_cache
+from glee.face.detection import Detection
+from glee.weights_cache import MissingWeightsError, WeightFile, probe_url
 
 LANDMARK_FILES = ("landmarks.parquet", "landmarks.csv")
 KEY_COLUMNS = ("subject", "task", "frame")
@@ -102,20 +113,14 @@ class ProvidedLandmarks:
         return pts.copy() if np.isfinite(pts).all() else None
 
 
-class MissingWeightsError(FileNotFoundError):
-    """A network's weight files are not on disk (nothing downloads at run time)."""
-
-
-def _fan_url() -> str:
-    from face_alignment.api import models_urls
-
-    return models_urls["2DFAN-4"]
+class MissingBackendError(FileNotFoundError):
+    """The package or model file a landmark backend needs is not installed."""
 
 
 def fan_weight_files() -> list[str]:
-    """File names the 2D FAN needs in $TORCH_HOME/hub/checkpoints (the 'folder' detector
+    """File names the 2D FAN needs in <torch home>/hub/checkpoints (the 'folder' detector
     used here needs none, so S3FD's s3fd-*.pth is not required)."""
-    return [os.path.basename(_fan_url())]
+    return [weights_cache.FAN_2D.name]
 
 
 @contextlib.contextmanager
@@ -137,27 +142,28 @@ def _torch_home(torch_home: str | os.PathLike | None) -> Iterator[None]:
 class FanLandmarks:
     """face-alignment's 2D FAN on a given box (its own face detector is bypassed).
 
-    Weights load from $TORCH_HOME/hub/checkpoints (or `torch_home`/hub/checkpoints); when
-    they are absent, MissingWeightsError names the files and the folder instead of letting
-    face-alignment try a download.
+    Weights load from <torch home>/hub/checkpoints (`torch_home`, else $TORCH_HOME, ...),
+    downloaded there on first use with the SHA-256 pinned in glee.weights_cache (face-
+    alignment's own download checks no hash); when they cannot be had, MissingWeightsError
+    names the URL, the file and the folder.
     """
 
     name = "fan"
 
     def __init__(
-        self, device: str | None = None, torch_home: str | os.PathLike | None = None
+        self,
+        device: str | None = None,
+        torch_home: str | os.PathLike | None = None,
+        weights: WeightFile | None = None,
     ) -> None:
         import torch
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            weights_cache.fetch_weights(weights or weights_cache.FAN_2D, torch_home)
+        except MissingWeightsError as exc:
+            raise MissingWeightsError(f"{exc}, or use the dlib landmark backend") from None
         with _torch_home(torch_home):
-            folder = Path(torch.hub.get_dir()) / "checkpoints"
-            missing = [f for f in fan_weight_files() if not (folder / f).is_file()]
-            if missing:
-                raise MissingWeightsError(
-                    f"FAN landmark weights {', '.join(missing)} not found: download them "
-                    f"(from {_fan_url()}) into {folder}, or use the 'provided' landmark backend"
-                )
             import face_alignment
 
             # 'folder' is face-alignment's detector that loads no network; we pass boxes.
@@ -192,7 +198,220 @@ class FanLandmarks:
         return np.asarray(out[0], np.float32)[:, :2].reshape(68, 2)
 
 
-BACKENDS = ("provided", "fan")
+DLIB_INSTALL = "pip install dlib-bin==20.0.1.post1 face-recognition-models==0.3.0"
+DLIB_68_FILE = "shape_predictor_68_face_landmarks.dat"
+HOG_WINDOW = 80  # px: the side of the smallest face dlib's frontal HOG detector finds
+
+# MTCNN box (x0, y0, x1, y1) -> the box dlib's HOG frontal detector draws around the same
+# face, the box the 68-point predictor was trained on: a square of side
+# HOG_SIDE * sqrt(w * h), centred HOG_DX * w right of and HOG_DY * h below MTCNN's centre;
+# MTCNN's boxes are FACE_ASPECT times taller than wide. Medians over the ~360 faces both
+# detectors find in 1 frame in 4 of the synthetic demo BP4D (seed 0); bench/
+# landmark_accuracy.py refits them on its data (they moved < 0.01) and measures the
+# predictor there at 4.6 px from the truth on the mapped box, 6.9 px on MTCNN's box as it
+# is, 5.2 px on the HOG detector's own box.
+HOG_SIDE, HOG_DX, HOG_DY, FACE_ASPECT = 0.88, 0.003, 0.063, 1.35
+
+
+def hog_box_from_face_box(box: np.ndarray) -> np.ndarray:
+    """(4,) MTCNN-convention face box -> (4,) box in dlib's HOG convention."""
+    x0, y0, x1, y1 = np.asarray(box, np.float64).reshape(4)
+    w, h = x1 - x0, y1 - y0
+    half = 0.5 * HOG_SIDE * np.sqrt(max(w * h, 0.0))
+    cx, cy = 0.5 * (x0 + x1) + HOG_DX * w, 0.5 * (y0 + y1) + HOG_DY * h
+    return np.array([cx - half, cy - half, cx + half, cy + half])
+
+
+def face_box_from_hog_box(box: np.ndarray) -> np.ndarray:
+    """Inverse of `hog_box_from_face_box` for a square HOG box (MTCNN's aspect assumed)."""
+    x0, y0, x1, y1 = np.asarray(box, np.float64).reshape(4)
+    side = np.sqrt(max((x1 - x0) * (y1 - y0), 0.0)) / HOG_SIDE
+    w, h = side / np.sqrt(FACE_ASPECT), side * np.sqrt(FACE_ASPECT)
+    cx, cy = 0.5 * (x0 + x1) - HOG_DX * w, 0.5 * (y0 + y1) - HOG_DY * h
+    return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+
+
+def dlib_unavailable() -> str | None:
+    """None when the dlib backend can run, else why not (one phrase)."""
+    if importlib.util.find_spec("dlib") is None:
+        return "dlib is not installed"
+    try:
+        dlib_model_file()
+    except MissingBackendError as exc:
+        return str(exc).split(":")[0]
+    return None
+
+
+def dlib_model_file(name: str = DLIB_68_FILE) -> Path:
+    """A model file of the face-recognition-models package, found without importing it
+    (its __init__ imports pkg_resources, which recent setuptools no longer ship)."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingBackendError(f"face-recognition-models is not installed: {DLIB_INSTALL}")
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / name
+    if not path.is_file():
+        raise MissingBackendError(
+            f"{path} is missing from face-recognition-models: reinstall it ({DLIB_INSTALL})"
+        )
+    return path
+
+
+@lru_cache(maxsize=1)
+def _dlib_models():
+    """(HOG frontal detector, 68-point predictor), loaded once per process (100 MB)."""
+    try:
+        import dlib
+    except ImportError:
+        raise MissingBackendError(f"dlib is not installed: {DLIB_INSTALL}") from None
+    return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(dlib_model_file()))
+
+
+def _check_rgb(image: np.ndarray | None, backend: str) -> np.ndarray:
+    if image is None:
+        raise ValueError(f"the {backend} landmark backend needs the image")
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(
+            f"expected a uint8 RGB image of shape (H, W, 3), got {image.dtype} {image.shape}"
+        )
+    return image
+
+
+class DlibLandmarks:
+    """dlib's 68-point shape predictor, and dlib's HOG frontal face detector to find faces.
+
+    The predictor's model (shape_predictor_68_face_landmarks.dat, from the
+    face-recognition-models package) was trained on iBUG 300-W, whose terms exclude
+    commercial use: check them before using this backend in a product.
+
+    `backend(image, key, box)`: `box` is a face box in MTCNN's convention (what
+    glee.face.detection.FaceDetector and `detect` give); it is mapped to the HOG box the
+    predictor was trained on (`hog_box_from_face_box`). Without a box the HOG detector's
+    largest face is used. `detect(image)` finds faces with the HOG detector on the image
+    resized by HOG_WINDOW / `min_face_size` (a larger minimum is faster: 160 halves the
+    image), and returns their boxes in MTCNN's convention with the five points of the
+    predicted 68; its score is the detector's margin (> 0 above its threshold), not a
+    probability.
+    """
+
+    name = "dlib"
+
+    def __init__(self, min_face_size: int = HOG_WINDOW, adjust_threshold: float = 0.0) -> None:
+        if min_face_size < 20:
+            raise ValueError(f"min_face_size must be at least 20 px, got {min_face_size}")
+        self.scale = HOG_WINDOW / float(min_face_size)
+        self.adjust_threshold = float(adjust_threshold)
+        self._detector, self._predictor = _dlib_models()
+
+    def predict(self, image: np.ndarray, hog_box: np.ndarray) -> np.ndarray | None:
+        """(68, 2) float32 points in a box of dlib's own HOG convention (x0, y0, x1, y1)."""
+        import dlib
+
+        image = _check_rgb(image, self.name)
+        box = np.asarray(hog_box, np.float64).reshape(4)
+        if not np.isfinite(box).all() or box[2] - box[0] < 2 or box[3] - box[1] < 2:
+            return None
+        rect = dlib.rectangle(*(int(round(v)) for v in box))
+        shape = self._predictor(image, rect)
+        return np.array([(p.x, p.y) for p in shape.parts()], np.float32)  # (68, 2)
+
+    def _hog_boxes(self, image: np.ndarray) -> list[tuple[np.ndarray, float]]:
+        import cv2
+
+        small = image
+        if self.scale != 1.0:
+            interp = cv2.INTER_AREA if self.scale < 1.0 else cv2.INTER_LINEAR
+            small = cv2.resize(image, None, fx=self.scale, fy=self.scale, interpolation=interp)
+        rects, scores, _ = self._detector.run(small, 0, self.adjust_threshold)
+        out = [
+            (np.array([r.left(), r.top(), r.right(), r.bottom()], np.float64) / self.scale, s)
+            for r, s in zip(rects, scores)
+        ]
+        return sorted(out, key=lambda b: -b[1])
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        """Faces in one RGB uint8 image (H, W, 3), highest score first."""
+        from glee.face.five_point import five_of
+
+        image = _check_rgb(image, self.name)
+        dets = []
+        for hog, score in self._hog_boxes(image):
+            pts = self.predict(image, hog)
+            if pts is None:
+                continue
+            dets.append(
+                Detection(
+                    box=face_box_from_hog_box(hog).astype(np.float32),
+                    score=float(score),
+                    points5=five_of(pts).astype(np.float32),
+                )
+            )
+        return dets
+
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
+        """`detect` on each image (dlib's HOG detector has no batch mode)."""
+        return [self.detect(im) for im in images]
+
+    def __call__(
+        self,
+        image: np.ndarray | None,
+        key: tuple[str, str, int],
+        box: np.ndarray | None = None,
+    ) -> np.ndarray | None:
+        image = _check_rgb(image, self.name)
+        if box is None:
+            boxes = self._hog_boxes(image)
+            if not boxes:
+                return None
+            hog = max(boxes, key=lambda b: (b[0][2] - b[0][0]) * (b[0][3] - b[0][1]))[0]
+        else:
+            hog = hog_box_from_face_box(box)
+        return self.predict(image, hog)
+
+
+def choose_landmark_backend(
+    name: str = "auto",
+    torch_home: str | os.PathLike | None = None,
+    fan_weights: WeightFile | None = None,
+    probe_timeout_s: float = 3.0,
+) -> tuple[str, str]:
+    """(backend name, why) for `name`; "auto" picks the best 68-point backend available.
+
+    auto: fan when its weights are on disk or their URL answers within `probe_timeout_s`
+    (the first use then downloads them); else dlib, the offline backend that measured best
+    (bench/landmark_accuracy.py); else MissingBackendError, one line saying how to get one.
+    """
+    if name != "auto":
+        if name not in BACKENDS:
+            raise ValueError(
+                f"unknown landmark backend {name!r}; choose one of {', '.join(BACKENDS)}"
+            )
+        return name, "asked for"
+    spec = fan_weights or weights_cache.FAN_2D
+    path = spec.path(torch_home)
+    if importlib.util.find_spec("face_alignment") is None:
+        no_fan = "face-alignment is not installed"
+    elif path.is_file():
+        return "fan", f"FAN weights found at {path}"
+    else:
+        unreachable = probe_url(spec.url, probe_timeout_s)
+        if unreachable is None:
+            return "fan", f"FAN weights download from {spec.url} into {path.parent} on first use"
+        no_fan = f"FAN weights not in {path.parent} and {spec.url} unreachable ({unreachable})"
+    no_dlib = dlib_unavailable()
+    if no_dlib is None:
+        return "dlib", (
+            f"{no_fan}; dlib is the most accurate offline backend measured "
+            "(its model was trained on iBUG 300-W, whose terms exclude commercial use)"
+        )
+    raise MissingBackendError(
+        f"no 68-point landmark backend: {no_fan}, and {no_dlib}; install dlib "
+        f"({DLIB_INSTALL}), or put {spec.name} in {path.parent}, or provide landmarks "
+        "(backend 'provided')"
+    )
+
+
+BACKENDS = ("provided", "fan", "dlib", "auto")
 
 
 def make_landmark_backend(
@@ -200,11 +419,16 @@ def make_landmark_backend(
     dataset_root: str | os.PathLike | None = None,
     device: str | None = None,
 ) -> LandmarkBackend:
-    """Build a landmark backend by name ('provided' needs the dataset root)."""
+    """Build a landmark backend by name ('provided' needs the dataset root; 'auto' builds
+    what `choose_landmark_backend` picks, and the backend's `name` says which)."""
+    if name == "auto":
+        name, _ = choose_landmark_backend("auto")
     if name == "provided":
         if dataset_root is None:
             raise ValueError("the 'provided' landmark backend needs dataset_root")
         return ProvidedLandmarks(dataset_root)
     if name == "fan":
         return FanLandmarks(device=device)
+    if name == "dlib":
+        return DlibLandmarks()
     raise ValueError(f"unknown landmark backend {name!r}; choose one of {', '.join(BACKENDS)}")

@@ -21,11 +21,11 @@ import numpy as np
 from glee.face.alignment import align_face
 from glee.face.camera import Camera
 from glee.face.fitting import fit_landmarks
-from glee.face.landmarks import make_landmark_backend
+from glee.face.landmarks import BACKENDS, make_landmark_backend
 from glee.face.morphable_model import MorphableModel
 
 STAGES = ("read", "decode", "landmarks", "align", "fit")
-LANDMARK_BACKENDS = ("provided", "fan")
+LANDMARK_BACKENDS = BACKENDS  # provided, fan, dlib, auto
 IMAGE_FORMATS = ("jpeg", "png")
 
 
@@ -172,7 +172,8 @@ class FacePreprocessor:
 
     def _face_box(self, image: np.ndarray, item: dict[str, Any]) -> np.ndarray | None:
         """The region the landmark backend looks in: the item's box, else MTCNN's best face
-        (only the `fan` backend needs one; `provided` landmarks carry their own face)."""
+        (`provided` landmarks carry their own face and need none; `dlib` maps MTCNN's box
+        to the box its predictor was trained on)."""
         if item.get("box") is not None:
             return np.asarray(item["box"], np.float32)
         if item.get("box_norm") is not None:  # FEC: (left col, right col, top row, bottom row)

@@ -6,7 +6,7 @@ from glee.model.config import ABLATIONS, BACKBONES, CLASSIFIERS, GLEEConfig
 from glee.model.glee_net import GLEENet, build_glee_net, count_parameters
 from glee.model.global_branch import GlobalBranch, ResNetEncoder, SmallFaceNet
 from glee.model.local_branch import CROP_NAMES, LocalBranch, crop_boxes, extract_crops
-from glee.model.weights import load_facenet_weights, vggface2_path
+from glee.model.weights import load_facenet_weights, vggface2_path, vggface2_weights
 
 __all__ = [
     "ABLATIONS",
@@ -27,4 +27,5 @@ __all__ = [
     "extract_crops",
     "load_facenet_weights",
     "vggface2_path",
+    "vggface2_weights",
 ]

@@ -52,6 +52,9 @@ class GLEEConfig:
     small_channels: tuple[int, ...] = (32, 64, 128, 256)  # backbone "small" only
     small_embed_dim: int = 128  # backbone "small": size of V_face / V_id
     weights_path: str | None = None  # VGGFace2 state dict; None: the torch cache path
+    # Without VGGFace2 weights the paper's global branch is not the paper's: refuse to
+    # build it from random weights unless this says so (backbone "small" needs no file).
+    allow_random_init: bool = False
     # Local branch (Sec. III-B): 16 crops, each through four 3x3 convs + self-attention.
     local_crop_size: int = 96
     local_channels: tuple[int, ...] = (32, 64, 128, 256)

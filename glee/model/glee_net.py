@@ -19,6 +19,7 @@ from glee.model.classifier import build_classifier
 from glee.model.config import RESNET_BACKBONES, GLEEConfig
 from glee.model.global_branch import GlobalBranch, ResNetEncoder
 from glee.model.local_branch import LocalBranch
+from glee.model.weights import vggface2_weights
 
 
 def facenet_normalise(images: torch.Tensor) -> torch.Tensor:
@@ -145,13 +146,19 @@ def build_glee_net(cfg: GLEEConfig, weights_path: str | Path | None = None) -> G
     """GLEE-Net with VGGFace2 FaceNet weights where the config uses InceptionResnetV1.
 
     Weights come from `weights_path`, else `cfg.weights_path`, else the standard cache
-    path (weights.vggface2_path); when the file is absent: one warning, random init.
-    Other backbones start from random initialisation.
+    path, downloaded on first use (weights.vggface2_weights). When they cannot be had the
+    build stops with one line, unless `cfg.allow_random_init` (then one warning and random
+    init). Other backbones (the tiny preset's "small", the ResNets) start from random
+    initialisation and need no file.
     """
     model = GLEENet(cfg)
     if isinstance(model.global_branch, GlobalBranch) and cfg.backbone == "inception_resnet_v1":
-        path = weights_path if weights_path is not None else cfg.weights_path
-        model.global_branch.load_backbone_weights(path)
+        path = vggface2_weights(
+            weights_path if weights_path is not None else cfg.weights_path,
+            allow_random_init=cfg.allow_random_init,
+        )
+        if path is not None:
+            model.global_branch.load_backbone_weights(path)
     elif weights_path is not None:
         raise ValueError(
             f"weights_path is VGGFace2 InceptionResnetV1 weights, but this config has "

@@ -97,17 +97,11 @@ class GlobalBranch(nn.Module):
         self.identity.eval()  # frozen identity model: eval whatever the parent's mode
         return self
 
-    def load_backbone_weights(self, path: str | Path | None) -> bool:
-        """Load one FaceNet state dict into both copies, then re-initialise the face BN.
-
-        `path` None means the standard VGGFace2 cache path. Returns False (after one
-        warning) when the file is absent; the branch keeps its random initialisation.
-        """
-        if not load_facenet_weights(self.identity, path):
-            return False
+    def load_backbone_weights(self, path: str | Path) -> None:
+        """Load one FaceNet state dict file into both copies, then re-initialise the face BN."""
+        load_facenet_weights(self.identity, path)
         self.face.load_state_dict(self.identity.state_dict())
         reinit_batchnorm(self.face, self.bn_reinit_std)
-        return True
 
     def deviation(self, x: torch.Tensor) -> torch.Tensor:
         """V_exp = V_face - V_id (B, feature_dim); V_* are L2-normalised embeddings."""

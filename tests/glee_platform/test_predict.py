@@ -191,7 +191,8 @@ def test_an_unreadable_input_or_missing_weights_is_one_clear_line(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "notes.txt: not an image" in proc.stderr
     image = _write_rgb(tmp_path / "face.png", np.zeros((64, 64, 3), np.uint8))
-    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}  # no FAN weights there
+    # No FAN weights there, and no download (GLEE_OFFLINE): the one line says where to put them.
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "GLEE_OFFLINE": "1"}
     proc = _predict_job(str(image), "--run", str(tmp_path), "--landmarks", "fan", env=env)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "FAN landmark weights" in proc.stderr and str(tmp_path / "torch") in proc.stderr

@@ -1,19 +1,36 @@
-"""Landmark backends: provided tables and face-alignment's FAN on test-written weights."""
+"""Landmark backends: provided tables, face-alignment's FAN on test-served weights, dlib's
+predictor on a real photograph, and the `auto` choice between them."""
 
 from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from glee import weights_cache
+from glee.face import landmarks
 from glee.face.landmarks import (
+    DLIB_INSTALL,
+    DlibLandmarks,
     FanLandmarks,
     LandmarkBackend,
+    MissingBackendError,
     MissingWeightsError,
     ProvidedLandmarks,
+    choose_landmark_backend,
+    face_box_from_hog_box,
     fan_weight_files,
+    hog_box_from_face_box,
     make_landmark_backend,
 )
+
+MARKS = Path(__file__).parents[3] / "bench" / "astronaut_marks.csv"
 
 
 def _table(n: int = 3) -> tuple[pd.DataFrame, np.ndarray]:
@@ -55,16 +72,23 @@ def test_provided_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="landmarks.parquet or landmarks.csv"):
         ProvidedLandmarks(tmp_path / "empty")
-    with pytest.raises(ValueError, match="choose one of provided, fan"):
-        make_landmark_backend("dlib")
+    with pytest.raises(ValueError, match="choose one of provided, fan, dlib, auto"):
+        make_landmark_backend("mtcnn5")
 
 
-def test_fan_missing_weights_names_files_and_folder(tmp_path):
+def _fan_at(url: str, body: bytes = b"") -> weights_cache.WeightFile:
+    return dataclasses.replace(
+        weights_cache.FAN_2D, url=url, sha256=hashlib.sha256(body).hexdigest()
+    )
+
+
+def test_fan_unavailable_weights_name_url_file_and_folder(tmp_path, unreachable_url):
+    spec = _fan_at(unreachable_url)
     with pytest.raises(MissingWeightsError) as err:
-        FanLandmarks(device="cpu", torch_home=tmp_path)
+        FanLandmarks(device="cpu", torch_home=tmp_path, weights=spec)
     msg = str(err.value)
-    assert "\n" not in msg and fan_weight_files()[0] in msg
-    assert str(tmp_path / "hub" / "checkpoints") in msg
+    assert "\n" not in msg and fan_weight_files()[0] in msg and unreachable_url in msg
+    assert str(tmp_path / "hub" / "checkpoints") in msg and "dlib" in msg
 
 
 def _blob_following_fan_weights():
@@ -97,12 +121,13 @@ def _blob_following_fan_weights():
 
 
 @pytest.mark.slow
-def test_fan_real_loading_and_inference_path(tmp_path):
+def test_fan_downloads_its_weights_then_runs_on_them(tmp_path, file_server):
     state, torch = _blob_following_fan_weights()
-    folder = tmp_path / "hub" / "checkpoints"
-    folder.mkdir(parents=True)
-    torch.save(state, folder / fan_weight_files()[0])
-    backend = FanLandmarks(device="cpu", torch_home=tmp_path)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    spec = _fan_at(file_server.add("/2dfan4.pth", buf.getvalue()), buf.getvalue())
+    backend = FanLandmarks(device="cpu", torch_home=tmp_path, weights=spec)
+    assert (tmp_path / "hub" / "checkpoints" / fan_weight_files()[0]).is_file()
     image = np.zeros((300, 320, 3), np.uint8)
     blob = np.array([170.0, 140.0])  # a bright spot inside the face box, off its centre
     yy, xx = np.mgrid[:300, :320]
@@ -114,3 +139,107 @@ def test_fan_real_loading_and_inference_path(tmp_path):
     assert (pts[:, 1] > box[1]).all() and (pts[:, 1] < box[3]).all()
     assert np.linalg.norm(pts - blob, axis=1).max() < 10.0
     assert backend(image, ("F001", "T1", 1), np.array([5, 5, 5, 5.0])) is None
+
+
+# -- dlib ---------------------------------------------------------------------------------
+
+
+def _astronaut_marks() -> tuple[np.ndarray, np.ndarray]:
+    with MARKS.open() as fh:
+        rows = list(csv.DictReader(line for line in fh if not line.startswith("#")))
+    idx = np.array([int(r["point"]) for r in rows])
+    return idx, np.array([[float(r["x"]), float(r["y"])] for r in rows])
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    from skimage.data import astronaut
+
+    return astronaut()
+
+
+@pytest.fixture(scope="module")
+def dlib_backend() -> DlibLandmarks:
+    return DlibLandmarks()
+
+
+def test_dlib_puts_68_points_on_the_astronaut_near_hand_marks(astronaut, dlib_backend):
+    idx, marks = _astronaut_marks()
+    assert len(idx) >= 12
+    iod = (
+        np.linalg.norm(marks[idx == 36] + marks[idx == 39] - marks[idx == 42] - marks[idx == 45])
+        / 2
+    )
+    for box in (None, np.array([181.05, 62.16, 267.75, 172.05])):  # own detector; MTCNN's box
+        pts = dlib_backend(astronaut, ("astronaut", "", 0), box)
+        assert pts.shape == (68, 2) and pts.dtype == np.float32
+        err = np.linalg.norm(pts[idx] - marks, axis=1)
+        assert err.mean() < 0.08 * iod, (box, err.round(1))  # measured 2.6-2.7 px, IOD 44 px
+        assert err.max() < 0.16 * iod, (box, err.round(1))
+
+
+def test_dlib_detect_boxes_round_trip_and_follow_min_face_size(astronaut, dlib_backend):
+    dets = dlib_backend.detect(astronaut)
+    assert len(dets) == 1
+    face = dets[0]
+    assert face.score > 0 and face.points5.shape == (5, 2)
+    assert face.points5[0, 0] < face.points5[1, 0]  # left eye is the one on the image left
+    pts = dlib_backend(astronaut, ("astronaut", "", 0), face.box)
+    lo, hi = face.box[:2], face.box[2:]
+    margin = 0.1 * (hi - lo)  # jaw and chin may reach just past an MTCNN-style box
+    assert ((pts > lo - margin) & (pts < hi + margin)).all()
+    # The box given back maps onto the detector's own box: same points as without a box.
+    np.testing.assert_array_equal(pts, dlib_backend(astronaut, ("astronaut", "", 0), None))
+    hog = np.array([179.0, 83.0, 266.0, 170.0])
+    np.testing.assert_allclose(hog_box_from_face_box(face_box_from_hog_box(hog)), hog, atol=1e-9)
+    # The face is about 88 px: too small at min_face_size 200 (image shrunk to 40%)...
+    assert DlibLandmarks(min_face_size=200).detect(astronaut) == []
+    # ... found again when the image is twice as large, with boxes in its own pixels.
+    import cv2
+
+    big = cv2.resize(astronaut, None, fx=2, fy=2, interpolation=cv2.INTER_LINEAR)
+    (twice,) = DlibLandmarks(min_face_size=160).detect(big)
+    np.testing.assert_allclose(twice.box, 2 * face.box, atol=12)
+    assert dlib_backend(astronaut, ("x", "", 0), np.array([5.0, 5.0, 5.0, 5.0])) is None
+    assert dlib_backend(np.zeros((64, 64, 3), np.uint8), ("x", "", 0), None) is None
+
+
+# -- auto ---------------------------------------------------------------------------------
+
+
+def test_auto_picks_fan_when_its_file_is_present(tmp_path, unreachable_url):
+    spec = _fan_at(unreachable_url)
+    spec.path(tmp_path).parent.mkdir(parents=True)
+    spec.path(tmp_path).write_bytes(b"weights")
+    name, why = choose_landmark_backend("auto", torch_home=tmp_path, fan_weights=spec)
+    assert name == "fan" and str(spec.path(tmp_path)) in why
+
+
+def test_auto_picks_fan_when_its_url_answers(tmp_path, file_server):
+    spec = _fan_at(file_server.add("/2dfan4.pth", b"weights"))
+    name, why = choose_landmark_backend("auto", torch_home=tmp_path, fan_weights=spec)
+    assert name == "fan" and "on first use" in why
+    assert not spec.path(tmp_path).exists()  # choosing downloads nothing
+
+
+def test_auto_falls_back_to_dlib_offline_and_says_why(tmp_path, unreachable_url, monkeypatch):
+    spec = _fan_at(unreachable_url)
+    name, why = choose_landmark_backend("auto", torch_home=tmp_path, fan_weights=spec)
+    assert name == "dlib"
+    assert unreachable_url in why and "commercial" in why
+    monkeypatch.setattr(weights_cache, "FAN_2D", spec)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    assert make_landmark_backend("auto").name == "dlib"
+
+
+def test_auto_without_any_68_point_backend_says_how_to_get_one(
+    tmp_path, unreachable_url, monkeypatch
+):
+    monkeypatch.setattr(landmarks, "dlib_unavailable", lambda: "dlib is not installed")
+    spec = _fan_at(unreachable_url)
+    with pytest.raises(MissingBackendError) as err:
+        choose_landmark_backend("auto", torch_home=tmp_path, fan_weights=spec)
+    msg = str(err.value)
+    assert "\n" not in msg and DLIB_INSTALL in msg
+    assert spec.name in msg and str(spec.path(tmp_path).parent) in msg
+    assert choose_landmark_backend("dlib") == ("dlib", "asked for")

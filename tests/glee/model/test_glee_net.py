@@ -1,5 +1,3 @@
-import warnings
-
 import pytest
 import torch
 from torch import nn
@@ -193,16 +191,6 @@ def test_classifier_depth_heads_and_parallel_linear():
     xs = torch.randn(5, 3, 4)
     ref = torch.stack([xs[:, n] @ pl.weight[n] + pl.bias[n] for n in range(3)], dim=1)
     torch.testing.assert_close(pl(xs), ref)
-
-
-def test_build_warns_once_without_weights(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        build_glee_net(GLEEConfig.paper(num_aus=NUM_AUS))
-    msgs = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
-    assert len(msgs) == 1
-    assert str(tmp_path / "checkpoints" / "20180402-114759-vggface2.pt") in msgs[0]
 
 
 @pytest.mark.parametrize("ablation", ABLATIONS)
