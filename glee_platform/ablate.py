@@ -109,8 +109,9 @@ def _parallel_slots(base: ExperimentConfig) -> int:
     """How many Train runs of this config the cluster holds at once (at least one)."""
     import ray
 
-    need = base.resources.num_workers * base.resources.cpus_per_worker
-    return max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, need))
+    from glee_platform.resources import run_cpus
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1) // run_cpus(base.resources)))
 
 
 def _run_limited(calls: dict[str, tuple], slots: int) -> dict[str, object]:

@@ -150,6 +150,14 @@ def per_worker_batch(name: str, global_batch: int, num_workers: int) -> int:
     return global_batch // num_workers
 
 
+INPUT_PIPELINE_CPUS = 1  # what a Train run's streaming input (Ray Data) needs beside it
+
+
+def run_cpus(resources: ResourcesSection) -> float:
+    """CPUs one Train run holds while it runs: its workers and its input pipeline."""
+    return resources.num_workers * resources.cpus_per_worker + INPUT_PIPELINE_CPUS
+
+
 def worker_bundle(resources: ResourcesSection, use_gpu: bool) -> dict[str, float]:
     """`ScalingConfig.resources_per_worker` of one Train worker."""
     bundle = {"CPU": float(resources.cpus_per_worker)}

@@ -17,7 +17,7 @@ from typing import Any
 from glee.files import write_json_atomic, write_text_atomic
 from glee.model.config import GLEEConfig
 from glee_platform.config import ConfigError, ExperimentConfig
-from glee_platform.resources import gpu_decision, wait_for_gpus, worker_bundle
+from glee_platform.resources import gpu_decision, run_cpus, wait_for_gpus, worker_bundle
 from glee_platform.session import on_cluster
 from glee_platform.tracking import read_metrics_csv
 from glee_platform.train.checkpoints import DONE_FILE, checkpoints_newest_first, read_state
@@ -116,11 +116,10 @@ def check_local_cpus(cfg: ExperimentConfig) -> None:
         return  # the autoscaler adds nodes
     have = ray.cluster_resources().get("CPU", 0)
     r = cfg.resources
-    need = r.num_workers * r.cpus_per_worker
-    if need >= have:
+    if run_cpus(r) > have:
         raise ConfigError(
-            f"resources: {r.num_workers} workers x {r.cpus_per_worker} CPUs = {need} of this "
-            f"machine's {have:g}, and the input pipeline needs one more: lower "
+            f"resources: {r.num_workers} workers x {r.cpus_per_worker} CPUs and one for the "
+            f"input pipeline need {run_cpus(r):g} of this machine's {have:g}: lower "
             "resources.cpus_per_worker (resources.threads_per_worker sets torch's threads)"
         )
 

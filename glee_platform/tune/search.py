@@ -32,7 +32,7 @@ import yaml
 
 from glee.files import write_text_atomic
 from glee_platform.config import ConfigError, ExperimentConfig
-from glee_platform.resources import gpu_decision
+from glee_platform.resources import gpu_decision, run_cpus
 from glee_platform.session import ensure_ray, on_cluster
 from glee_platform.sources import ensure_preprocessed, needed_datasets
 from glee_platform.train import model_config
@@ -68,8 +68,7 @@ def trial_concurrency(search: SearchSection, cfg: ExperimentConfig) -> int:
 def trial_cpus(search: SearchSection, cfg: ExperimentConfig) -> float:
     """CPUs one running trial holds: its Train workers, its own actor, and one for the
     input pipeline that streams its data."""
-    r = cfg.resources
-    return r.num_workers * r.cpus_per_worker + search.trial_cpus + 1
+    return run_cpus(cfg.resources) + search.trial_cpus
 
 
 def experiment_dir(cfg: ExperimentConfig) -> Path:
