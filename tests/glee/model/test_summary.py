@@ -14,13 +14,18 @@ def _one_torch_thread():
     torch.set_num_threads(n)
 
 
-def test_count_flops_of_a_known_conv_and_its_backward():
-    conv = nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False)
-    x = torch.randn(2, 3, 16, 16, requires_grad=True)
-    macs = 2 * 8 * 8 * 8 * 3 * 9  # batch * out channels * 8x8 outputs * 3x3x3 kernel
+@pytest.mark.parametrize("groups", [1, 16])
+def test_count_flops_of_a_known_conv_and_its_backward(groups):
+    conv = nn.Conv2d(3 * groups, 8 * groups, 3, stride=2, padding=1, groups=groups, bias=False)
+    x = torch.randn(2, 3 * groups, 16, 16, requires_grad=True)
+    # batch * out channels * 8x8 outputs * 3x3x3 kernel (per group)
+    macs = 2 * 8 * groups * 8 * 8 * 3 * 9
     assert count_flops(lambda: conv(x)).total == 2 * macs
-    # Backward: the input gradient and the weight gradient cost one forward each.
+    # Backward: the input gradient and the weight gradient cost one forward each (torch's
+    # own formula counts the grouped weight gradient 16 times over).
     assert count_flops(lambda: conv(x).sum().backward()).total == 3 * 2 * macs
+    x.requires_grad_(False)  # the first layer: weight gradient only
+    assert count_flops(lambda: conv(x).sum().backward()).total == 2 * 2 * macs
 
 
 def test_tiny_summary_matches_hand_counts_and_its_parts_add_up():
