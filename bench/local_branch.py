@@ -88,7 +88,21 @@ def bench_one(preset: str, batch: int, device: torch.device, rounds: int) -> dic
     # Relative to the largest gradient: the two sum the same terms in another order.
     grad_diff = ((torch.cat(grad_b) - grad_l).abs().max() / grad_l.abs().max()).item()
 
-    variants: dict[str, Callable[[], torch.Tensor]] = {"batched": run_batched, "loop": run_loop}
+    # The batched module in channels_last (the trainers' option), same weights.
+    batched_cl = GroupedLocalExtractors(cfg.local_channels, cfg.local_attention_dim)
+    batched_cl.load_state_dict(batched.state_dict())
+    batched_cl = batched_cl.to(device, memory_format=torch.channels_last).train()
+
+    def run_batched_cl() -> torch.Tensor:
+        out = batched_cl(crops)
+        out.square().sum().backward()
+        return out
+
+    variants: dict[str, Callable[[], torch.Tensor]] = {
+        "batched": run_batched,
+        "loop": run_loop,
+        "channels_last": run_batched_cl,
+    }
     flops = count_flops(run_batched).total  # forward + backward of one step
     times: dict[str, list[float]] = {k: [] for k in variants}
     for fn in variants.values():
@@ -121,7 +135,8 @@ def _print_row(row: dict[str, float | str]) -> None:
         f"{row['device']:>4} {row['preset']:<5} B={row['batch']:<3} "
         f"batched {row['batched_ms']:8.1f} ms ({row['batched_gflops']:5.1f} GFLOP/s)  "
         f"loop {row['loop_ms']:8.1f} ms ({row['loop_gflops']:5.1f} GFLOP/s)  "
-        f"ratio {row['ratio']:.2f} (best-of {row['ratio_min']:.2f})  "
+        f"ratio {row['ratio']:.2f} (best-of {row['ratio_min']:.2f}); batched channels_last "
+        f"{row['channels_last_ms']:.1f} ms (x{row['loop_ms'] / row['channels_last_ms']:.2f})  "
         f"max|diff| out {row['out_diff']:.1e}, first-conv grad {row['grad_diff']:.1e} (rel)",
         flush=True,
     )
