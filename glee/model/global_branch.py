@@ -16,8 +16,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision
-from facenet_pytorch import InceptionResnetV1
 from torch import nn
 
 from glee.model.config import GLEEConfig
@@ -54,6 +52,10 @@ class SmallFaceNet(nn.Module):
 def make_face_backbone(cfg: GLEEConfig) -> tuple[nn.Module, int]:
     """The face-recognition network of the global branch and its embedding size."""
     if cfg.backbone == "inception_resnet_v1":
+        # Imported here: facenet-pytorch pulls in cv2, PIL and requests, which the tiny
+        # preset (and a GPU machine with torch alone) does without.
+        from facenet_pytorch import InceptionResnetV1
+
         # pretrained=None: never let facenet-pytorch download; weights.py loads the file.
         return InceptionResnetV1(pretrained=None, classify=False), 512
     if cfg.backbone == "small":
@@ -118,6 +120,8 @@ class ResNetEncoder(nn.Module):
 
     def __init__(self, cfg: GLEEConfig) -> None:
         super().__init__()
+        import torchvision  # only this Table V variant needs it
+
         builders = {
             "resnet18": torchvision.models.resnet18,
             "resnet50": torchvision.models.resnet50,

@@ -147,12 +147,13 @@ class GroupedLocalExtractors(nn.Module):
         x = self.convs(crops.reshape(b, g * 3, s, s))  # (B, G*C, h, w)
         _, _, h, w = x.shape
         c, a, n = self.out_channels, self.attn_dim, h * w
-        q = self.query(x).view(b * g, a, n)
-        k = self.key(x).view(b * g, a, n)
-        v = self.value(x).view(b * g, c, n)
+        # reshape, not view: under channels_last the maps are (B, h, w, G*C) in memory.
+        q = self.query(x).reshape(b * g, a, n)
+        k = self.key(x).reshape(b * g, a, n)
+        v = self.value(x).reshape(b * g, c, n)
         attn = torch.softmax(q.transpose(1, 2) @ k / math.sqrt(a), dim=-1)  # (B*G, N, N)
         out = (v @ attn.transpose(1, 2)).view(b, g, c, n)
-        y = x.view(b, g, c, n) + self.gamma.view(1, g, 1, 1) * out
+        y = x.reshape(b, g, c, n) + self.gamma.view(1, g, 1, 1) * out
         return y.mean(dim=3)  # (B, G, C)
 
     def extractor(self, i: int) -> LocalExtractor:

@@ -98,3 +98,12 @@ def test_local_branch_output_and_gradients():
     out.sum().backward()
     first = branch.extractors.convs[0].weight.grad.view(16, -1)  # one row per crop
     assert torch.all(first.abs().sum(dim=1) > 0)  # every crop's extractor learns
+
+
+def test_grouped_extractors_run_in_channels_last():
+    grouped = GroupedLocalExtractors((4, 6, 6, 8), attn_dim=4).eval()
+    _randomise(grouped)
+    crops = torch.randn(2, 16, 3, 24, 24)
+    expected = grouped(crops)
+    grouped.to(memory_format=torch.channels_last)  # what the trainers' channels_last does
+    torch.testing.assert_close(grouped(crops), expected, atol=1e-5, rtol=1e-5)
