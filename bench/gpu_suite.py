@@ -8,8 +8,8 @@ accuracy, not speed, so none are loaded):
   - the card's bf16 matmul rate, measured first with a large matmul (the MFU denominator,
     as nanoGPT's MFU uses the card's peak);
   - finetuning images/s in fp32 and bf16 (and bf16 + channels_last): global batch 32 at
-    176 px, GLEENet forward, au_loss (glee/losses.py), SGD momentum 0.9 at lr 2e-3 through
-    glee/training.py;
+    176 px, GLEENet forward, au_loss (glee/training/losses.py), SGD momentum 0.9 at lr 2e-3 through
+    glee/training/optimisation.py;
   - pretraining triplets/s: batch 30 triplets = 90 images, triplet_loss on embed(), SGD at
     lr 2e-4 on the branches (Sec. III-E);
   - inference images/s, eval mode, batch 64;
@@ -46,10 +46,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo, uninstalled
 
-from glee.losses import au_class_weights, au_loss, triplet_loss  # noqa: E402
+from glee.training.losses import au_class_weights, au_loss, triplet_loss  # noqa: E402
 from glee.model import GLEEConfig, GLEENet  # noqa: E402
 from glee.model.summary import count_flops  # noqa: E402
-from glee.training import (  # noqa: E402
+from glee.training.optimisation import (  # noqa: E402
     Optimisation,
     autocast,
     batch_to_device,

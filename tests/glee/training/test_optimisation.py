@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from glee.training import (
+from glee.training.optimisation import (
     Optimisation,
     batch_to_device,
     channels_last,

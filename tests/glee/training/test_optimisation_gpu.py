@@ -1,4 +1,4 @@
-"""glee/training.py on a CUDA device: the paper preset trains in bf16 and fp32, fp16 gets
+"""glee/training/optimisation.py on a CUDA device: the paper preset trains in bf16 and fp32, fp16 gets
 its GradScaler, and a checkpoint goes GPU -> CPU -> GPU with the optimizer state on the
 parameters' device each time (issue 16's resume bug). Skipped without CUDA; the round
 trip's logic also runs on the CPU here so it is never untested."""
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from glee.losses import au_class_weights, au_loss
+from glee.training.losses import au_class_weights, au_loss
 from glee.model import GLEEConfig, GLEENet
-from glee.training import Optimisation, move_optimizer_state, read_checkpoint
+from glee.training.optimisation import Optimisation, move_optimizer_state, read_checkpoint
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")
