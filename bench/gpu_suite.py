@@ -46,9 +46,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo, uninstalled
 
-from glee.training.losses import au_class_weights, au_loss, triplet_loss  # noqa: E402
 from glee.model import GLEEConfig, GLEENet  # noqa: E402
 from glee.model.summary import count_flops  # noqa: E402
+from glee.training.losses import au_class_weights, au_loss, triplet_loss  # noqa: E402
 from glee.training.optimisation import (  # noqa: E402
     Optimisation,
     autocast,

@@ -27,7 +27,9 @@ from typing import IO, Any
 
 MARK = "[glee]"
 # Ray prefixes a forwarded worker line with "(ActorName pid=123, ip=...)" and colour codes.
-_FORWARDED = re.compile(r"^(?:\x1b\[[0-9;]*m)*\((?:[^()]|\([^()]*\))*pid=\d+[^)]*\)(?:\x1b\[[0-9;]*m)*\s?")
+_FORWARDED = re.compile(
+    r"^(?:\x1b\[[0-9;]*m)*\((?:[^()]|\([^()]*\))*pid=\d+[^)]*\)(?:\x1b\[[0-9;]*m)*\s?"
+)
 
 _connected_to: str | None = None  # the address ensure_ray connected to; "local": started here
 _terminal: IO[str] | None = None  # the real terminal while quiet_console is active

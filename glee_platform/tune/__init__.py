@@ -1,11 +1,11 @@
 """Hyper-parameter search on Ray Tune with Optuna (see glee_platform.tune.search).
 
-    space.py        the search config: parameters, ranges, the define-by-run space
-    searcher.py     Optuna TPE as a Tune searcher, a report per fold, pruned trials marked
-    scheduler.py    ASHA over folds, its rungs rebuilt when a search is restored
-    trial.py        one trial: its config, the shared pretraining cache, its folds
-    search.py       the driver: run or resume a search
-    leaderboard.py  leaderboard.md / .csv and best.yaml
+space.py        the search config: parameters, ranges, the define-by-run space
+searcher.py     Optuna TPE as a Tune searcher, a report per fold, pruned trials marked
+scheduler.py    ASHA over folds, its rungs rebuilt when a search is restored
+trial.py        one trial: its config, the shared pretraining cache, its folds
+search.py       the driver: run or resume a search
+leaderboard.py  leaderboard.md / .csv and best.yaml
 """
 
 from glee_platform.tune.leaderboard import leaderboard_rows, write_leaderboard

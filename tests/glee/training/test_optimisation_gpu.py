@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from glee.training.losses import au_class_weights, au_loss
 from glee.model import GLEEConfig, GLEENet
+from glee.training.losses import au_class_weights, au_loss
 from glee.training.optimisation import Optimisation, move_optimizer_state, read_checkpoint
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
