@@ -809,8 +809,16 @@ def build_default_model() -> MorphableModel:
 
 @functools.lru_cache(maxsize=1)
 def default_model() -> MorphableModel:
-    """The default face, built once per process (treat it as read-only)."""
-    return build_default_model()
+    """The default face, built once per process (treat it as read-only).
+
+    Built on one BLAS thread: the shape bases come from an eigendecomposition whose
+    near-degenerate eigenvectors otherwise differ with the thread count (3.5 mm of
+    landmark between 1 and 2 threads), so a Ray worker on one thread would fit another
+    face than the one a two-thread process rendered."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return build_default_model()
 
 
 def landmark_moving_expressions(model: MorphableModel, tol: float = 1.0) -> list[str]:
