@@ -54,6 +54,9 @@ class ModelSection:
     preset: str = "tiny"  # GLEEConfig.tiny / GLEEConfig.paper
     ablation: str = "full"  # GLEEConfig.with_ablation name (Table V)
     overrides: dict[str, Any] = field(default_factory=dict)  # GLEEConfig fields
+    # The paper preset's global branch starts from VGGFace2 (Sec. III-A); without the file
+    # it refuses to train unless this is true.
+    allow_random_init: bool = False
 
     def check(self) -> None:
         choice("model.preset", self.preset, MODEL_PRESETS)

@@ -161,14 +161,14 @@ def evaluate_checkpoint(
 
     from glee.datasets.images import decode_images
     from glee.model.config import GLEEConfig
-    from glee.model.glee_net import GLEENet
+    from glee.model.glee_net import build_glee_net
     from glee.model.inference import Outputs, infer, load_model_weights
 
     torch.set_num_threads(max(1, int(threads)))
     t0 = time.perf_counter()
     prep = Path(prep)
     au_names = list(read_manifest(prep, dataset)["au_names"])
-    net = load_model_weights(GLEENet(GLEEConfig.from_dict(model)), checkpoint)
+    net = load_model_weights(build_glee_net(GLEEConfig.from_dict(model)), checkpoint)
     outs: list[Outputs] = []
     keys: list[pd.DataFrame] = []
     labels, f_exp = [], []

@@ -20,6 +20,18 @@ from typing import Any
 from glee.files import write_text_atomic
 
 
+def peak_rss_bytes() -> int:
+    """The peak resident set size of this process so far (Linux: VmHWM), 0 elsewhere."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def metrics_csv_text(rows: Iterable[Mapping[str, Any]]) -> str:
     """CSV of metric rows; the header is the union of keys in first-seen order."""
     rows = list(rows)

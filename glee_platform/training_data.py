@@ -1,21 +1,22 @@
 """Training and evaluation input on Ray Data, streamed from the preprocessed Parquet shards.
 
 AU faces: `read_parquet` over the split's shards (`glee_platform.prepared.face_split`), the
-fold filter, then one `map_batches` that decodes the JPEG/PNG faces and applies the Sec.
-IV-B augmentation to the whole batch (a random 176x176 crop and a flip for training, the
-centre crop for evaluation; `glee.training.augmentation`). The decoded crops stay uint8 and
-go to the Train workers block by block: no process holds the dataset, the driver only its
-small columns (labels, folds).
+fold filter, then one `map_batches` that decodes the JPEG/PNG faces of the whole batch (and
+takes the Sec. IV-B centre crop for evaluation; `glee.training.augmentation`). The faces
+stay uint8 and go to the Train workers block by block: no process holds the dataset, the
+driver only its small columns (labels, folds).
 
 Shuffling, per epoch (documented in docs/DESIGN.md): the order of the shards is drawn anew
 every epoch (`FileShuffleConfig`, seeded), and each worker mixes the rows of the blocks it
-receives in a local buffer of `SHUFFLE_BATCHES` batches (`iter_batches`); a shard holds 32
-consecutive frames of one subject and task, so a batch mixes about that many shards.
+receives in a local buffer of `SHUFFLE_BATCHES` batches (`iter_batches`, seeded per epoch);
+a shard holds 32 consecutive frames of one subject and task, so a batch mixes about that
+many shards. The training crop and flip run in the worker on the decoded batch (one
+vectorised gather) from its seeded generator, so with one worker a seed repeats a run.
 
 FEC triplets: the triplets table (ids and margins; chain-mined triplets added, Sec. III-E)
 is the Dataset; `TripletFaces`, a Ray Data actor, reads the three faces of each triplet by
 id from their shards (an index of image id -> shard and row, and a bounded cache of
-recently read shards), decodes and augments them.
+recently read shards) and decodes them.
 
 Evaluation is split between the Train workers without dropping rows (`EvalSplitConfig`):
 each rank evaluates its own share, and the counts are all-reduced.
@@ -23,7 +24,6 @@ each rank evaluates its own share, and the counts are all-reduced.
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from glee.datasets.images import decode_images
-from glee.training.augmentation import CROP_SIZE, center_crop, random_crop_flip
+from glee.training.augmentation import CROP_SIZE, center_crop
 from glee_platform.prepared import DataError, FaceSplit, dataset_dir, read_manifest
 
 FACE_COLUMNS = ["image", "landmarks", "expression", "labels"]
@@ -52,40 +52,26 @@ def _stack(column: Sequence[Any], dtype: Any) -> np.ndarray:
     return np.stack([np.asarray(v, dtype) for v in column])
 
 
-def face_batch(
-    batch: dict[str, Any], *, train: bool, expr_mirror: Sequence[int] | None, size: int
-) -> dict[str, np.ndarray]:
-    """The map_batches function of AU faces: decode, then crop (and flip) the batch."""
+def face_batch(batch: dict[str, Any], *, center: bool, size: int) -> dict[str, np.ndarray]:
+    """The map_batches function of AU faces: decode the batch, centre-crop it for
+    evaluation (training crops and flips in the worker, from its seeded generator)."""
     faces = decode_images(list(batch["image"]), "preprocessed face")  # (B, 200, 200, 3)
     landmarks = _stack(batch["landmarks"], np.float32)
-    expression = _stack(batch["expression"], np.float32)
-    if train:
-        mirror = None if expr_mirror is None else np.asarray(expr_mirror, np.int64)
-        rng = np.random.default_rng()  # fresh entropy per batch: augmentation not reproducible
-        crops, landmarks, expression = random_crop_flip(
-            faces, landmarks, expression, rng=rng, size=size, expr_mirror=mirror
-        )
-    else:
-        crops, landmarks = center_crop(faces, landmarks, size=size)
+    if center:
+        faces, landmarks = center_crop(faces, landmarks, size=size)  # (B, size, size, 3)
     return {
-        "image": crops,  # (B, size, size, 3) uint8
+        "image": faces,
         "landmarks": landmarks,
-        "expression": expression,
+        "expression": _stack(batch["expression"], np.float32),
         "labels": _stack(batch["labels"], np.int8),
     }
 
 
-def face_dataset(
-    split: FaceSplit,
-    *,
-    train: bool,
-    expr_mirror: Sequence[int] | None = None,
-    seed: int | None = None,
-    size: int = CROP_SIZE,
-):
-    """A streaming Ray Dataset of the split's faces, decoded and augmented per batch:
-    image (B, size, size, 3) uint8, landmarks (B, 136), expression (B, E), labels (B, n_au).
-    Training sets shuffle their shard order every epoch (seeded by `seed`)."""
+def face_dataset(split: FaceSplit, *, train: bool, seed: int | None = None, size: int = CROP_SIZE):
+    """A streaming Ray Dataset of the split's faces, decoded per batch: image (B, 200, 200,
+    3) uint8 for training (the worker crops and flips), the centre crop (B, size, size, 3)
+    for evaluation; landmarks (B, 136), expression (B, E), labels (B, n_au). Training sets
+    shuffle their shard order every epoch (seeded by `seed`)."""
     import ray.data
     from ray.data.expressions import col
 
@@ -98,11 +84,7 @@ def face_dataset(
         .select_columns(FACE_COLUMNS)
         .map_batches(
             face_batch,
-            fn_kwargs={
-                "train": train,
-                "expr_mirror": None if expr_mirror is None else list(expr_mirror),
-                "size": size,
-            },
+            fn_kwargs={"center": not train, "size": size},
             batch_size=DECODE_BATCH,
             batch_format="numpy",
         )
@@ -112,7 +94,8 @@ def face_dataset(
 def eval_split_config(train_names: Sequence[str] = ("train",)):
     """A Ray Train DataConfig that splits the training sets equally (DDP needs the same
     number of steps on every rank) and the others without dropping rows, so each rank
-    evaluates its own share of every face once."""
+    evaluates its own share of every face once. Training sets keep their order (with one
+    worker a seed repeats a run exactly)."""
     from ray.train import DataConfig
 
     class EvalSplitConfig(DataConfig):
@@ -129,7 +112,12 @@ def eval_split_config(train_names: Sequence[str] = ("train",)):
                     output[i][name] = part
             return output
 
-    return EvalSplitConfig(datasets_to_split=list(train_names))
+    ordered = {}
+    for name in train_names:
+        options = DataConfig.default_ingest_options()
+        options.preserve_order = True
+        ordered[name] = options
+    return EvalSplitConfig(datasets_to_split=list(train_names), execution_options=ordered)
 
 
 # --------------------------------------------------------------------------- FEC triplets
@@ -274,31 +262,27 @@ class FaceImageIndex:
 
 
 class TripletFaces:
-    """Ray Data actor: a batch of triplets -> their 3B faces decoded and augmented.
+    """Ray Data actor: a batch of triplets -> their 3B faces, decoded (and centre-cropped
+    for evaluation; training crops and flips in the worker, from its seeded generator).
 
-    Output: image (B, 3, size, size, 3) uint8 (anchor, positive, negative of each triplet)
-    and margin (B,).
+    Output: image (B, 3, H, W, 3) uint8 (anchor, positive, negative of each triplet) and
+    margin (B,).
     """
 
-    def __init__(self, prep: str, train: bool, size: int = CROP_SIZE) -> None:
+    def __init__(self, prep: str, center: bool, size: int = CROP_SIZE) -> None:
         self.index = FaceImageIndex(Path(prep))
-        self.train = train
+        self.center = center
         self.size = size
-        self.rng = np.random.default_rng()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         b = len(batch["anchor"])
         ids = [*batch["anchor"], *batch["positive"], *batch["negative"]]  # (3B,): a, p, n
-        encoded, landmarks = self.index.encoded(ids)
-        faces = decode_images(encoded, "preprocessed FEC face")
-        if self.train:
-            crops, _, _ = random_crop_flip(
-                faces, landmarks, np.zeros((3 * b, 1), np.float32), rng=self.rng, size=self.size
-            )
-        else:
-            crops, _ = center_crop(faces, size=self.size)
-        crops = crops.reshape(3, b, self.size, self.size, 3).transpose(1, 0, 2, 3, 4)
-        return {"image": np.ascontiguousarray(crops), "margin": np.asarray(batch["margin"])}
+        encoded, _ = self.index.encoded(ids)
+        faces = decode_images(encoded, "preprocessed FEC face")  # (3B, 200, 200, 3)
+        if self.center:
+            faces, _ = center_crop(faces, size=self.size)
+        faces = faces.reshape(3, b, *faces.shape[1:]).transpose(1, 0, 2, 3, 4)  # (B, 3, ...)
+        return {"image": np.ascontiguousarray(faces), "margin": np.asarray(batch["margin"])}
 
 
 def triplet_dataset(
@@ -307,31 +291,25 @@ def triplet_dataset(
     *,
     train: bool,
     batch_size: int,
+    seed: int = 0,
     actors: int | None = None,
 ):
     """The triplets streamed through `TripletFaces` actors (at most `actors`, default one
-    per CPU of the cluster), reshuffled every epoch for training."""
+    per CPU of the cluster); for training in an order drawn from `seed` (each worker also
+    mixes the batches it receives in a local buffer, drawn anew every epoch)."""
     import ray
     import ray.data
 
-    ds = ray.data.from_arrow(table.select(["anchor", "positive", "negative", "margin"]))
+    columns = table.select(["anchor", "positive", "negative", "margin"])
     if train:
-        ds = ds.random_shuffle()  # a new order every epoch (each epoch re-executes)
+        columns = columns.take(pa.array(np.random.default_rng(seed).permutation(len(columns))))
+    ds = ray.data.from_arrow(columns)
     most = actors or max(1, int(ray.cluster_resources().get("CPU", 2)))
     return ds.map_batches(
         TripletFaces,
-        fn_constructor_kwargs={"prep": str(prep), "train": train},
+        fn_constructor_kwargs={"prep": str(prep), "center": not train},
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=most),
         num_cpus=TRIPLET_ACTOR_CPUS,
     )
-
-
-def process_rss_bytes() -> int:
-    """Resident set size of this process (Linux /proc), for the memory benchmark."""
-    with open(f"/proc/{os.getpid()}/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0

@@ -44,6 +44,9 @@ class GLEENet(nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
+        # The weights file the frozen identity network was loaded from (build_glee_net);
+        # None: its weights exist only in this model (random init), so checkpoints keep them.
+        self.identity_weights: str | None = None
         self.global_branch: nn.Module | None = None
         self.local_branch: LocalBranch | None = None
         if cfg.use_global:
@@ -159,6 +162,7 @@ def build_glee_net(cfg: GLEEConfig, weights_path: str | Path | None = None) -> G
         )
         if path is not None:
             model.global_branch.load_backbone_weights(path)
+            model.identity_weights = str(path)
     elif weights_path is not None:
         raise ValueError(
             f"weights_path is VGGFace2 InceptionResnetV1 weights, but this config has "
@@ -167,8 +171,43 @@ def build_glee_net(cfg: GLEEConfig, weights_path: str | Path | None = None) -> G
     return model
 
 
+IDENTITY_PREFIX = "global_branch.identity."  # the frozen identity network (Sec. III-A)
+
+
+def checkpoint_state(net: GLEENet) -> dict[str, torch.Tensor]:
+    """What a checkpoint of `net` holds: its state dict, less the frozen identity network
+    when that came from a weights file (23.5M parameters that training never changes)."""
+    state = net.state_dict()
+    if net.identity_weights is None:
+        return state
+    return {k: v for k, v in state.items() if not k.startswith(IDENTITY_PREFIX)}
+
+
+def load_checkpoint_state(net: GLEENet, state: dict[str, torch.Tensor]) -> None:
+    """Load a `checkpoint_state` into `net` (strictly): a state without the identity network
+    needs a net whose identity network came from its weights file (build_glee_net)."""
+    missing = [k for k in net.state_dict() if k not in state]
+    if missing and all(k.startswith(IDENTITY_PREFIX) for k in missing):
+        if net.identity_weights is None:
+            raise ValueError(
+                "this checkpoint leaves out the frozen identity network (it came from the "
+                "VGGFace2 file): build the model with build_glee_net so it loads that file"
+            )
+        net.load_state_dict(state, strict=False)
+        return
+    net.load_state_dict(state)
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-__all__ = ["GLEENet", "build_glee_net", "count_parameters", "facenet_normalise"]
+__all__ = [
+    "IDENTITY_PREFIX",
+    "GLEENet",
+    "build_glee_net",
+    "checkpoint_state",
+    "count_parameters",
+    "facenet_normalise",
+    "load_checkpoint_state",
+]

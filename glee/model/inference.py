@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from glee.model.glee_net import GLEENet
+from glee.model.glee_net import IDENTITY_PREFIX, GLEENet, load_checkpoint_state
 from glee.training.augmentation import center_crop, to_model_input
 
 STATE_FILE = "state.pt"  # the file a Ray Train checkpoint folder holds (glee_platform.train)
@@ -23,7 +23,10 @@ THRESHOLD = 0.5  # Sec. IV-A: an AU is present if p > 0.5
 
 
 def load_model_weights(net: GLEENet, checkpoint: str | os.PathLike) -> GLEENet:
-    """Load a training checkpoint (its folder or its state.pt) into `net`, in eval mode."""
+    """Load a training checkpoint (its folder or its state.pt) into `net`, in eval mode.
+
+    A paper-preset checkpoint leaves out the frozen identity network: build `net` with
+    `build_glee_net`, which loads it from the VGGFace2 file."""
     path = Path(checkpoint)
     if path.is_dir():
         path = path / STATE_FILE
@@ -35,6 +38,8 @@ def load_model_weights(net: GLEENet, checkpoint: str | os.PathLike) -> GLEENet:
     weights = state["model"] if isinstance(state, dict) and "model" in state else state
     own = net.state_dict()
     missing = [k for k in own if k not in weights]
+    if net.identity_weights is not None:  # left out of checkpoints: it is the file's
+        missing = [k for k in missing if not k.startswith(IDENTITY_PREFIX)]
     unexpected = [k for k in weights if k not in own]
     resized = [k for k in own if k in weights and tuple(weights[k].shape) != tuple(own[k].shape)]
     bad = missing or unexpected or resized
@@ -44,7 +49,7 @@ def load_model_weights(net: GLEENet, checkpoint: str | os.PathLike) -> GLEENet:
             f"of another shape, e.g. {bad[0]}): build the model from the config of the run "
             "that wrote it"
         )
-    net.load_state_dict(weights)
+    load_checkpoint_state(net, weights)
     return net.eval()
 
 

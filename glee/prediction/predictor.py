@@ -38,7 +38,7 @@ from glee.face.five_point import FivePointLandmarks
 from glee.face.landmarks import make_landmark_backend
 from glee.face.pipeline import FacePreprocessor, PreprocessConfig, error_row, read_frames
 from glee.model.config import GLEEConfig
-from glee.model.glee_net import GLEENet
+from glee.model.glee_net import build_glee_net
 from glee.model.inference import Outputs, infer, load_model_weights
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -165,7 +165,7 @@ class FramePredictor:
         self.columns = csv_columns(self.au_names)
         self.landmarks = landmarks
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.net = load_model_weights(GLEENet(gcfg), checkpoint).to(self.device)
+        self.net = load_model_weights(build_glee_net(gcfg), checkpoint).to(self.device)
         base = preprocess or PreprocessConfig()
         if landmarks == "provided":
             if landmarks_file is None:

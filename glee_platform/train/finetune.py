@@ -95,7 +95,7 @@ def run_finetune_fold(
     gcfg = model_config(cfg, len(au_names))
     mirror = expression_mirror(expression_names(manifest), gcfg.expr_dim)
     datasets = {
-        "train": face_dataset(train_split, train=True, expr_mirror=mirror, seed=cfg.seed),
+        "train": face_dataset(train_split, train=True, seed=cfg.seed),
         "eval": face_dataset(eval_split, train=False),
     }
     loop_cfg = loop_config(cfg, run, gcfg, run_name) | {
@@ -108,6 +108,7 @@ def run_finetune_fold(
         "eval_every": ft.eval_every,
         "au_names": au_names,
         "au_weights": au_class_weights(train_split.labels).tolist(),
+        "expr_mirror": mirror.tolist(),
         "init_checkpoint": str(init_checkpoint) if init_checkpoint is not None else None,
     }
     result = fit(cfg, run, finetune_loop, loop_cfg, datasets, config_hash, run_name, callbacks)

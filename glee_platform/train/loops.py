@@ -5,9 +5,10 @@ what differs: the model, the optimiser's parameters, how a batch becomes a loss 
 evaluation runs. Their Ray calls are those of Ray's examples: `get_dataset_shard` here,
 `prepare_model` and `report` in the shared loop.
 
-Batches arrive from the input pipeline (`glee_platform.training_data`) already decoded,
-cropped and flipped, as uint8 on the training device; `to_model_input` makes them the
-network's float input there.
+Batches arrive from the input pipeline (`glee_platform.training_data`) decoded, as uint8;
+each loop's `augment` crops and flips a training batch (Sec. IV-B) from the worker's seeded
+generator, the worker moves it to the device, and `to_model_input` makes it the network's
+float input there.
 """
 
 from __future__ import annotations
@@ -21,11 +22,18 @@ from torch import nn
 from glee.evaluation.metrics import F1Accumulator
 from glee.model.config import GLEEConfig
 from glee.model.glee_net import GLEENet, build_glee_net
-from glee.training.augmentation import to_model_input
+from glee.training.augmentation import random_crop_flip, to_model_input
 from glee.training.losses import au_loss, triplet_loss
 from glee.training.optimisation import Optimisation
 from glee_platform.train.checkpoints import load_pretrained_branches
-from glee_platform.train.worker import Collectives, Loop, Sums, run_epochs, start_worker
+from glee_platform.train.worker import (
+    Collectives,
+    Loop,
+    Sums,
+    run_epochs,
+    start_worker,
+    to_device,
+)
 
 
 def _sgd(params, config: dict[str, Any]) -> torch.optim.SGD:
@@ -67,6 +75,17 @@ def _triplet_embeddings(model, batch, config) -> list[torch.Tensor]:
     return [e[:, 0], e[:, 1], e[:, 2]]
 
 
+def augment_triplets(batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict:
+    """Sec. IV-B on each face of (B, 3, 200, 200, 3) triplets: a random 176 crop and a flip."""
+    faces = batch["image"]
+    b = faces.shape[0]
+    flat = faces.reshape(3 * b, *faces.shape[2:])
+    crops, _, _ = random_crop_flip(
+        flat, np.zeros((3 * b, 136), np.float32), np.zeros((3 * b, 1), np.float32), rng=rng
+    )
+    return {**batch, "image": crops.reshape(b, 3, *crops.shape[1:])}
+
+
 def pretrain_loop(config: dict[str, Any]) -> None:
     """Per-worker pretraining (Sec. III-E, IV-B): triplet loss on E_exp of FEC triplets."""
     import ray.train
@@ -83,7 +102,10 @@ def pretrain_loop(config: dict[str, Any]) -> None:
     def evaluate(epoch: int, opt: Optimisation) -> dict[str, Any]:
         """Triplet accuracy on held-out triplets: both similar-pair distances the smallest."""
         sums = Sums(["correct", "total", "loss"], worker.device)
-        for batch in eval_shard.iter_torch_batches(batch_size=int(config["eval_batch_size"])):
+        for batch in eval_shard.iter_batches(
+            batch_size=int(config["eval_batch_size"]), batch_format="numpy"
+        ):
+            batch = to_device(batch, worker.device)
             a, p, n = (e.float() for e in _triplet_embeddings(net.embed, batch, config))
             d_ap = (a - p).pow(2).sum(1)
             ok = (d_ap < (a - n).pow(2).sum(1)) & (d_ap < (p - n).pow(2).sum(1))
@@ -108,6 +130,7 @@ def pretrain_loop(config: dict[str, Any]) -> None:
             loss=loss,
             evaluate=evaluate if eval_shard is not None else None,
             unit="triplets",
+            augment=augment_triplets,
         ),
     )
 
@@ -124,6 +147,14 @@ def finetune_loop(config: dict[str, Any]) -> None:
     au_names = list(config["au_names"])
     eval_shard = ray.train.get_dataset_shard("eval")
     every = int(config["eval_every"])
+    mirror = np.asarray(config["expr_mirror"], np.int64)
+
+    def augment(batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict:
+        """Sec. IV-B: a random 176 crop and a flip, landmarks and f_exp mirrored with it."""
+        image, landmarks, expression = random_crop_flip(
+            batch["image"], batch["landmarks"], batch["expression"], rng=rng, expr_mirror=mirror
+        )
+        return {**batch, "image": image, "landmarks": landmarks, "expression": expression}
 
     def loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         initial, final = model(_images(batch, config), batch["expression"])
@@ -135,7 +166,10 @@ def finetune_loop(config: dict[str, Any]) -> None:
             return {}
         acc = F1Accumulator(len(au_names), device=worker.device)
         sums = Sums(["loss", "count"], worker.device)
-        for batch in eval_shard.iter_torch_batches(batch_size=int(config["eval_batch_size"])):
+        for batch in eval_shard.iter_batches(
+            batch_size=int(config["eval_batch_size"]), batch_format="numpy"
+        ):
+            batch = to_device(batch, worker.device)
             initial, final = net(_images(batch, config), batch["expression"])  # centre crops
             initial, final = initial.float(), final.float()
             acc.update(final, batch["labels"])
@@ -166,5 +200,6 @@ def finetune_loop(config: dict[str, Any]) -> None:
             batch_size=int(config["batch_size"]),
             loss=loss,
             evaluate=evaluate,
+            augment=augment,
         ),
     )

@@ -86,7 +86,9 @@ def run_pretrain(
         f"[glee] pretrain: {train.num_rows} triplets ({n_mined} chain-mined), "
         f"{test.num_rows} held out"
     )
-    datasets = {"train": triplet_dataset(train, cfg.prep_dir, train=True, batch_size=batch)}
+    datasets = {
+        "train": triplet_dataset(train, cfg.prep_dir, train=True, batch_size=batch, seed=cfg.seed)
+    }
     if test.num_rows:
         datasets["eval"] = triplet_dataset(test, cfg.prep_dir, train=False, batch_size=32)
     loop_cfg = loop_config(cfg, run, gcfg, run_name) | {

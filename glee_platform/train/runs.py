@@ -48,6 +48,7 @@ def model_config(cfg: ExperimentConfig, num_aus: int) -> GLEEConfig:
     try:
         d = base.to_dict()
         d.update(cfg.model.overrides)
+        d["allow_random_init"] = cfg.model.allow_random_init or d["allow_random_init"]
         return GLEEConfig.from_dict(d).with_ablation(cfg.model.ablation)
     except ValueError as err:
         raise ConfigError(f"model: {err}") from None

@@ -23,13 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from glee.files import write_text_atomic
-from glee.model.glee_net import GLEENet
-from glee.training.optimisation import Optimisation
-from glee_platform.tracking import EpochLogger
+from glee.model.glee_net import GLEENet, checkpoint_state, load_checkpoint_state
+from glee.training.optimisation import Optimisation, batch_to_device
+from glee_platform.tracking import EpochLogger, peak_rss_bytes
 from glee_platform.train.checkpoints import checkpoint_name, newest_readable_state, save_state
 
 
@@ -120,6 +121,14 @@ class Loop:
     loss: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]  # mean over the batch
     evaluate: Callable[[int, Optimisation], dict[str, Any]] | None = None  # epoch -> metrics
     unit: str = "img"  # what `loss` counts: images or triplets
+    # numpy batch, generator -> numpy batch: the Sec. IV-B crop and flip, in this worker
+    augment: Callable[[dict[str, np.ndarray], np.random.Generator], dict] | None = None
+
+
+def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    """A numpy batch as tensors on `device` (pinned, non-blocking copies to a GPU)."""
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
+    return batch_to_device(tensors, device)
 
 
 def _maybe_fail(fault: dict[str, Any] | None, epoch: int, step: int, rank: int) -> None:
@@ -155,7 +164,7 @@ def restore(
     path, state = found
     if rank == 0 and (registered is None or Path(registered) != path):
         print(f"[glee] {loop.name}: resuming from {path.name}, which Ray Train had not registered")
-    loop.net.load_state_dict(state["model"])
+    load_checkpoint_state(loop.net, state["model"])
     opt.load_state_dict(state.get("optimisation") or {"optimizer": state["optimizer"]})
     return opt, int(state["epoch"]) + 1, int(state["global_step"]), list(state["history"])
 
@@ -169,7 +178,7 @@ def _report(metrics, worker: Worker, loop: Loop, opt: Optimisation, epoch, step,
         return
     with tempfile.TemporaryDirectory() as d:
         state = {
-            "model": loop.net.state_dict(),
+            "model": checkpoint_state(loop.net),  # without a file-backed identity network
             "optimisation": opt.state_dict(),
             "epoch": epoch,
             "global_step": step,
@@ -203,6 +212,7 @@ def run_epochs(config: dict[str, Any], worker: Worker, loop: Loop) -> None:
     if config.get("compile"):
         model = torch.compile(model)
     collectives = Collectives(device)
+    rng = np.random.default_rng(int(config["seed"]) * 7919 + worker.rank)  # augmentation
     log_every = int(config["log_every"])
     if worker.rank == 0:
         print(
@@ -214,16 +224,18 @@ def run_epochs(config: dict[str, Any], worker: Worker, loop: Loop) -> None:
         t0 = time.perf_counter()
         sums = Sums(["loss", "samples"], device)
         window_t, window_n = time.perf_counter(), 0
-        batches = loop.train_shard.iter_torch_batches(
+        batches = loop.train_shard.iter_batches(
             batch_size=loop.batch_size,
+            batch_format="numpy",
             drop_last=True,
             local_shuffle_buffer_size=loop.batch_size * int(config["shuffle_batches"]),
+            local_shuffle_seed=int(config["seed"]) + 1009 * epoch + worker.rank,
             prefetch_batches=int(config["prefetch_batches"]),
-            pin_memory=device.type == "cuda",
         )
         for i, batch in enumerate(batches):
             _maybe_fail(config.get("fault"), epoch, i, worker.rank)
-            loss = opt.step(lambda b=batch: loop.loss(model, b))
+            tensors = to_device(loop.augment(batch, rng) if loop.augment else batch, device)
+            loss = opt.step(lambda b=tensors: loop.loss(model, b))
             sums.add(loss=loss.double() * loop.batch_size, samples=float(loop.batch_size))
             step += 1
             window_n += loop.batch_size
@@ -251,6 +263,7 @@ def run_epochs(config: dict[str, Any], worker: Worker, loop: Loop) -> None:
             loop.net.eval()
             with torch.no_grad(), opt.autocast():
                 metrics.update(loop.evaluate(epoch, opt))
+        metrics["peak_rss_mb"] = peak_rss_bytes() / 2**20  # this worker process so far
         logger.epoch(metrics, step)
         if worker.rank == 0:
             print(f"[glee] {loop.name} epoch {epoch + 1}/{config['epochs']}: {_summary(metrics)}")

@@ -201,7 +201,8 @@ def test_working_dir_upload_leaves_data_runs_and_venv_behind(tmp_path):
 
 @pytest.fixture(scope="module")
 def three_nodes(local_ray_starter):
-    """A head with CPU: 0 (as in cluster.yaml) and two one-CPU worker nodes; connected.
+    """A head with CPU: 0 (as in cluster.yaml) and two three-CPU worker nodes (a two-CPU
+    Train worker and a CPU of the input pipeline each); connected.
 
     The test session's local Ray (conftest `ray_session`), if running, is shut down for
     this module and started again after it: a driver connects to one Ray at a time.
@@ -218,7 +219,7 @@ def three_nodes(local_ray_starter):
         head_node_args={"num_cpus": 0, "object_store_memory": 200 * 2**20},
     )
     try:
-        workers = [cluster.add_node(num_cpus=1, object_store_memory=200 * 2**20) for _ in range(2)]
+        workers = [cluster.add_node(num_cpus=3, object_store_memory=200 * 2**20) for _ in range(2)]
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
         # Ray's own state-API calls without an address (Train's controller makes some)
@@ -262,7 +263,7 @@ def test_preprocessing_and_ddp_spread_over_two_nodes(three_nodes, toy_prep, tmp_
     address, head_id, worker_ids = three_nodes
     shared = tmp_path / "shared"  # stands in for /mnt/shared: every node sees it
 
-    # Ray Train: two workers, one per node (1 CPU each), DDP over gloo
+    # Ray Train: two workers, one per node (2 CPUs each, the third streams), DDP over gloo
     storage = shared / "runs"
     cfg = load_config(
         "smoke",
@@ -271,7 +272,7 @@ def test_preprocessing_and_ddp_spread_over_two_nodes(three_nodes, toy_prep, tmp_
             f"data.prep={toy_prep}",
             f"resources.storage_path={storage}",
             "resources.num_workers=2",
-            "resources.cpus_per_worker=1",
+            "resources.cpus_per_worker=2",
             "resources.use_gpu=auto",
             "finetune.init=none",
             "finetune.batch_size=8",
@@ -292,10 +293,10 @@ def test_preprocessing_and_ddp_spread_over_two_nodes(three_nodes, toy_prep, tmp_
     assert all((c / train.STATE_FILE).is_file() for c in checkpoints)
 
     # Ray Data: 36 shards (6 subjects x 2 tasks x 3) through a fixed pool of one-CPU actors,
-    # as `jobs/preprocess.py --num-cpus 2` makes it: one actor per worker node
+    # as `jobs/preprocess.py --num-cpus 6` makes it: actors on both worker nodes
     raw = synthesize(shared / "raw", preset="tiny", datasets=["bp4d"], progress=False)
     summary = preprocess_dataset(
-        "bp4d", raw["bp4d"], shared / "prep" / "bp4d", num_cpus=2, progress=False, shard_size=2
+        "bp4d", raw["bp4d"], shared / "prep" / "bp4d", num_cpus=6, progress=False, shard_size=2
     )
     assert summary.rows_ok > 0 and summary.shards_run == summary.shards_total == 36
     # (the state API leaves node_id empty on some finished actor-method events: not counted)

@@ -76,7 +76,7 @@ def toy_runs(ray_session, toy_prep, tmp_path_factory):
             "pretrain.epochs=2",
             "pretrain.lr=0.05",
             "finetune.batch_size=16",
-            "finetune.epochs=4",
+            "finetune.epochs=8",  # 48 steps: 4 epochs leave the toy F1 at the seed's mercy
             "finetune.eval_every=2",
             "finetune.lr=0.05",
             "finetune.folds=[1]",
@@ -102,7 +102,7 @@ def test_pretraining_lowers_the_triplet_loss(toy_runs):
 def test_finetuning_learns_and_beats_always_present(toy_runs):
     cfg, _, ft = toy_runs
     hist = ft.folds[1].history
-    assert [h["epoch"] for h in hist] == [0, 1, 2, 3]
+    assert [h["epoch"] for h in hist] == list(range(8))
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
     assert "val_mean_f1" in hist[1] and "val_mean_f1" not in hist[0]  # eval_every=2
     assert hist[-1]["val_count"] == 48  # the whole of part 1
@@ -123,7 +123,7 @@ def test_run_folder_holds_tables_metrics_config_and_events(toy_runs):
     assert [(r["run"], r["epoch"]) for r in rows] == [
         ("pretrain", "0"),
         ("pretrain", "1"),
-        *[("fold1", str(e)) for e in range(4)],
+        *[("fold1", str(e)) for e in range(8)],
     ]
     assert (run / "config.yaml").is_file()
     for name in ("pretrain", "fold1"):
@@ -137,7 +137,7 @@ def test_checkpoint_round_trip_and_pretrained_init(toy_runs):
     state = torch.load(
         ft.folds[1].checkpoint / train.STATE_FILE, map_location="cpu", weights_only=True
     )
-    assert state["epoch"] == 3 and len(state["history"]) == 4
+    assert state["epoch"] == 7 and len(state["history"]) == 8
     assert set(state) >= {"model", "optimisation", "epoch", "global_step"}
     net = build_glee_net(train.model_config(cfg, 3))
     net.load_state_dict(state["model"])  # strict: the whole model is in the checkpoint

@@ -210,3 +210,23 @@ def test_every_variant_uses_all_its_trainable_parameters(ablation):
         net.embed(images).sum().backward()
         unused = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
         assert not unused, unused
+
+
+def test_checkpoints_leave_out_an_identity_network_that_came_from_its_file():
+    from glee.model.glee_net import IDENTITY_PREFIX, checkpoint_state, load_checkpoint_state
+
+    cfg = GLEEConfig.tiny(NUM_AUS)
+    random_id = GLEENet(cfg)
+    assert any(k.startswith(IDENTITY_PREFIX) for k in checkpoint_state(random_id))  # kept
+    from_file = GLEENet(cfg)
+    from_file.identity_weights = "/cache/20180402-114759-vggface2.pt"
+    state = checkpoint_state(from_file)
+    assert state and not any(k.startswith(IDENTITY_PREFIX) for k in state)
+    assert len(state) < len(from_file.state_dict())
+    again = GLEENet(cfg)
+    again.identity_weights = from_file.identity_weights  # build_glee_net loaded the file
+    load_checkpoint_state(again, state)
+    for k, v in state.items():
+        assert torch.equal(again.state_dict()[k], v)
+    with pytest.raises(ValueError, match="build_glee_net"):
+        load_checkpoint_state(GLEENet(cfg), state)  # no file behind its identity network
