@@ -36,14 +36,14 @@ import pyarrow.parquet as pq
 from sklearn.linear_model import LogisticRegression
 
 from glee.evaluation.metrics import au_f1, f1_table, fold_average, to_markdown
-from glee_platform.evaluate import (
-    EvaluationError,
-    evaluate_checkpoint,
+from glee_platform.evaluate import evaluate_checkpoint
+from glee_platform.prepared import DataError, always_present_f1, read_manifest
+from glee_platform.run_folder import (
+    RunFolderError,
     finished_folds,
     fold_checkpoint,
     load_run_config,
 )
-from glee_platform.prepared import DataError, always_present_f1, read_manifest
 
 FOLDS = (1, 2, 3)
 KEY = ["subject", "task", "frame"]
@@ -109,7 +109,7 @@ def input_reliance(run: Path, prep: Path, dataset: str, seed: int) -> dict[str, 
     au_names = list(read_manifest(prep, dataset)["au_names"])
     gcfg = model_config(cfg, len(au_names))
     if not (gcfg.has_embedding and gcfg.use_3d):
-        raise EvaluationError(f"{run.name}: the head has only one input ({gcfg.ablation})")
+        raise RunFolderError(f"{run.name}: the head has only one input ({gcfg.ablation})")
     out: dict[str, list[float]] = {"intact": [], "E_exp permuted": [], "f_exp permuted": []}
     for k in finished_folds(run):
         ckpt = fold_checkpoint(run, k)
@@ -180,7 +180,7 @@ def main() -> None:
             continue
         try:
             reliance = input_reliance(run, args.prep, args.dataset, args.seed)
-        except EvaluationError as exc:
+        except RunFolderError as exc:
             print(f"{run}: skipped ({exc})")
             continue
         print(f"{run.name}: mean F1 per fold (%) of the trained head")

@@ -38,9 +38,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
         errors.append(PredictInputError)
     with contextlib.suppress(ImportError):
-        from glee_platform.evaluate import EvaluationError
+        from glee_platform.run_folder import RunFolderError
 
-        errors.append(EvaluationError)
+        errors.append(RunFolderError)  # EvaluationError is one
     return tuple(errors)
 
 

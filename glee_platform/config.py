@@ -19,10 +19,10 @@ from typing import Any
 
 import yaml
 
+from glee.datasets.records import AU_DATASETS
+from glee.datasets.registry import DATASETS
 from glee.typed_config import ConfigError, at_least, choice, from_mapping, in_range, positive
 
-AU_DATASETS = ("bp4d", "bp4dplus", "disfa")
-ALL_DATASETS = (*AU_DATASETS, "fec")
 MODEL_PRESETS = ("tiny", "paper")
 INIT_CHOICES = ("pretrain", "none")
 SYNTHETIC_PRESETS = ("none", "tiny", "demo", "large")
@@ -46,7 +46,7 @@ class DataSection:
         choice("data.synthetic", self.synthetic, SYNTHETIC_PRESETS)
         at_least("data.max_rows", self.max_rows, 0)
         for name in self.raw:
-            choice("data.raw key", name, ALL_DATASETS)
+            choice("data.raw key", name, DATASETS)
 
 
 @dataclass

@@ -18,10 +18,8 @@ Output, `<run>/evaluation/<eval dataset>/` unless `out` is given:
 
 from __future__ import annotations
 
-import json
 import os
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,60 +34,20 @@ from glee.evaluation.ave_var import ave_var_table, branch_features
 from glee.evaluation.metrics import F1Accumulator, f1_table, fold_average, to_markdown
 from glee.evaluation.paper_results import DATASET_LABELS, reported_f1
 from glee.files import write_parquet_atomic, write_text_atomic
-from glee_platform.config import ConfigError, ExperimentConfig, load_config
+from glee_platform.config import ConfigError
 from glee_platform.prepared import always_present_f1, face_split, fold_filter, read_manifest
+from glee_platform.run_folder import (
+    RunFolderError,
+    finished_folds,
+    fold_checkpoint,
+    load_run_config,
+)
 
-DONE_FILE = "done.json"  # written by glee_platform.train beside each finished fold
 EVAL_COLUMNS = ["fold", "subject", "task", "frame", "image", "expression", "labels"]
 
 
-class EvaluationError(ValueError):
+class EvaluationError(RunFolderError):
     """A run folder or dataset cannot be evaluated; the message says what to do."""
-
-
-# --------------------------------------------------------------------------- run folders
-
-
-def load_run_config(run_dir: str | os.PathLike) -> ExperimentConfig:
-    """The experiment config a run folder was trained with (its config.yaml)."""
-    run = Path(run_dir).expanduser().resolve()
-    path = run / "config.yaml"
-    if not path.is_file():
-        raise EvaluationError(
-            f"{run} is not a finetune run folder (no config.yaml): pass runs/<name> as "
-            "written by jobs/finetune.py or jobs/ablate.py"
-        )
-    return load_config(path)
-
-
-def fold_checkpoint(run_dir: str | os.PathLike, fold: int) -> Path:
-    """The final checkpoint folder of fold `fold`: the one done.json names (found beside
-    it when the run folder has moved, e.g. fetched from a cluster), else the latest."""
-    folder = Path(run_dir).expanduser().resolve() / f"fold{fold}"
-    done = folder / DONE_FILE
-    if done.is_file():
-        named = Path(json.loads(done.read_text(encoding="utf-8"))["checkpoint"])
-        for candidate in (folder / named.name, named):  # beside it first: a moved run
-            if (candidate / "state.pt").is_file():
-                return candidate
-    # a state.pt cut short by a crash is not a readable zip archive: skip it
-    found = sorted(p for p in folder.glob("checkpoint_epoch*/state.pt") if zipfile.is_zipfile(p))
-    if not found:
-        raise EvaluationError(
-            f"fold {fold} of {folder.parent} has no checkpoint ({folder}/checkpoint_epoch*/"
-            "state.pt): finetune that fold first or leave it out"
-        )
-    return found[-1].parent
-
-
-def finished_folds(run_dir: str | os.PathLike) -> list[int]:
-    run = Path(run_dir).expanduser().resolve()
-    return [
-        k
-        for k in (1, 2, 3)
-        if (run / f"fold{k}" / DONE_FILE).is_file()
-        or list((run / f"fold{k}").glob("checkpoint_epoch*/state.pt"))
-    ]
 
 
 # --------------------------------------------------------------------------- one model

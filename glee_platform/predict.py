@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from glee.datasets.records import DATASET_AUS, au_names
-from glee.files import write_text_atomic
+from glee.files import write_json_atomic, write_text_atomic
 from glee.prediction.predictor import (
     LANDMARK_SOURCES,
     Frame,
@@ -34,7 +34,8 @@ from glee.prediction.predictor import (
     csv_columns,
     list_frames,
 )
-from glee_platform.evaluate import fold_checkpoint, load_run_config
+from glee_platform.run_folder import fold_checkpoint, load_run_config
+from glee_platform.session import say
 
 ERROR_COLUMNS = ["input", "frame", "image", "stage", "reason"]
 
@@ -52,34 +53,29 @@ class PredictSummary:
     def line(self) -> str:
         return (
             f"{self.frames} frames of {len(self.csvs)} input(s): {self.faces} with a face, "
-            f"{self.frames - self.faces} without (see {self.errors}); CSVs in {self.out}"
+            f"{self.frames - self.faces} without (see {self.errors}); landmarks "
+            f"{self.landmarks}; CSVs in {self.out}"
         )
-
-
-def fan_weights_present() -> bool:
-    import torch
-
-    from glee.face.landmarks import fan_weight_files
-
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
-    return all((folder / f).is_file() for f in fan_weight_files())
 
 
 def resolve_landmarks(landmarks: str) -> str:
-    """'auto' -> 'fan' when its weights are on disk, else 'mtcnn5' (said once, on stdout)."""
+    """'auto' -> the backend `choose_landmark_backend` picks (fan, else dlib), said once on
+    stdout; MTCNN's five points only when asked for by name."""
+    from glee.face.landmarks import MissingBackendError, choose_landmark_backend
+
     if landmarks == "auto":
-        if fan_weights_present():
-            return "fan"
-        print(
-            "[glee] FAN landmark weights not found: using MTCNN's five points (mtcnn5); "
-            "f_exp then carries no expression. Put 2DFAN4 weights in "
-            "$TORCH_HOME/hub/checkpoints for full predictions."
-        )
-        return "mtcnn5"
+        try:
+            name, why = choose_landmark_backend("auto")
+        except MissingBackendError as exc:
+            raise PredictInputError(str(exc)) from None
+        say(f"landmarks: {name} ({why})")
+        return name
     if landmarks not in LANDMARK_SOURCES:
         raise PredictInputError(
             f"landmarks must be auto or one of {', '.join(LANDMARK_SOURCES)}, got {landmarks!r}"
         )
+    if landmarks == "mtcnn5":
+        say("landmarks: mtcnn5 (asked for): five points carry no expression, f_exp is blank")
     return landmarks
 
 
@@ -165,9 +161,15 @@ def predict_files(
             ProvidedLandmarks(landmarks_file)
         except (FileNotFoundError, ValueError) as err:
             raise PredictInputError(str(err).splitlines()[0]) from None
-    elif source == "fan" and not fan_weights_present():
-        try:
-            FanLandmarks(device="cpu")  # raises MissingWeightsError naming files and folder
+    elif source == "dlib":
+        from glee.face.landmarks import dlib_unavailable
+
+        missing = dlib_unavailable()
+        if missing is not None:
+            raise PredictInputError(missing)
+    elif source == "fan":
+        try:  # downloads the weights on first use, or names the files and the folder
+            FanLandmarks(device="cpu")
         except FileNotFoundError as err:
             raise PredictInputError(str(err).splitlines()[0]) from None
     per_input: dict[str, list[Frame]] = {}
@@ -236,13 +238,25 @@ def predict_files(
         out_dir / "errors.csv",
         pd.DataFrame(errors, columns=ERROR_COLUMNS).to_csv(index=False),
     )
-    return PredictSummary(out_dir, csvs, total, faces, source, time.perf_counter() - t0, err_path)
+    summary = PredictSummary(
+        out_dir, csvs, total, faces, source, time.perf_counter() - t0, err_path
+    )
+    record = {
+        "run": str(Path(run_dir).expanduser().resolve()),
+        "checkpoint": ckpt,
+        "landmarks": source,
+        "inputs": {k: str(p) for k, p in csvs.items()},
+        "frames": total,
+        "faces": faces,
+        "seconds": round(summary.seconds, 2),
+    }
+    write_json_atomic(out_dir / "predict.json", record)  # what ran, for the record
+    return summary
 
 
 __all__ = [
     "PredictSummary",
     "PredictWorker",
-    "fan_weights_present",
     "model_from_run",
     "predict_files",
     "resolve_landmarks",

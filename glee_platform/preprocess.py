@@ -33,12 +33,11 @@ import pyarrow.parquet as pq
 import ray
 
 from glee.datasets.records import DATASET_AUS, au_names
+from glee.datasets.registry import DATASETS
 from glee.face.pipeline import FacePreprocessor, PreprocessConfig, error_row, load_morphable_model
 from glee.files import write_json_atomic, write_parquet_atomic
 from glee_platform.session import ensure_ray
 
-AU_DATASETS = ("bp4d", "bp4dplus", "disfa")
-DATASETS = (*AU_DATASETS, "fec")
 ERROR_SCHEMA = pa.schema(
     [
         ("dataset", pa.string()),

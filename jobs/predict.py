@@ -22,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--landmarks",
         default="auto",
-        choices=["auto", "fan", "mtcnn5", "provided"],
-        help="auto: fan when its weights are on disk, else mtcnn5",
+        choices=["auto", "fan", "dlib", "mtcnn5", "provided"],
+        help="auto (default): fan when its weights are on disk or downloadable, else dlib",
     )
     parser.add_argument(
         "--landmarks-file",

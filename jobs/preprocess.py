@@ -9,9 +9,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from glee.datasets.registry import DATASETS
 from glee.face.pipeline import IMAGE_FORMATS, LANDMARK_BACKENDS
 from glee_platform import cli
-from glee_platform.preprocess import DATASETS
 
 
 def main(argv: list[str] | None = None) -> int:

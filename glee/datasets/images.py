@@ -16,7 +16,7 @@ import re
 import threading
 import zipfile
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -30,6 +30,7 @@ VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".wmv", ".mpg", ".mpeg")
 _VIDEO_REF = re.compile(r"^(?P<path>.+)#(?P<index>\d+)$")
 _ZIP_REF = re.compile(r"^(?P<path>.+?\.zip)!(?P<member>.+)$", re.IGNORECASE)
 _MAX_OPEN = 8  # archives / captures kept open per process
+_MAX_SKIP = 120  # frames decoded and dropped rather than sought past
 
 
 def zip_ref(archive: str | Path, member: str) -> str:
@@ -169,21 +170,57 @@ def _load_zip_member(archive: str, member: str, ref: str) -> np.ndarray:
     return decode_image(data, ref)
 
 
-def _load_video_frame(path: str, index: int, ref: str) -> np.ndarray:
+def _seek(cap: _Capture, path: str, index: int) -> None:
+    """Put `cap` before frame `index`: a seek the container confirms, else a sequential
+    skip from the start (seeks land on the wrong frame in some real videos)."""
+    if cap.next_index == index:
+        return
+    if index > 0 and cap.cap.set(cv2.CAP_PROP_POS_FRAMES, index):
+        if int(cap.cap.get(cv2.CAP_PROP_POS_FRAMES)) == index:
+            cap.next_index = index
+            return
+    cap.cap.release()
+    cap.cap = cv2.VideoCapture(path)
+    cap.next_index = 0
+    while cap.next_index < index and cap.cap.grab():
+        cap.next_index += 1
+
+
+def read_video_frames(
+    path: str | Path, indices: Sequence[int]
+) -> list[np.ndarray | CorruptImageError]:
+    """RGB frames `indices` (0-based) of a video, each decoded once in frame order from
+    the first one asked for; an unreadable frame comes back as its CorruptImageError.
+    The one video reader of the project: preprocessing and predict both read through it."""
+    path = str(path)
+    refs = [video_ref(path, i) for i in indices]
     if not os.path.isfile(path):
-        raise CorruptImageError(ref, f"video {path} does not exist")
+        return [CorruptImageError(r, f"video {path} does not exist") for r in refs]
+    out: list[np.ndarray | CorruptImageError] = [
+        CorruptImageError(r, f"video has no decodable frame {i}") for r, i in zip(refs, indices)
+    ]
     with _videos.lock:
         cap = _videos.get(path)
         if not cap.cap.isOpened():
             _videos.drop(path)
-            raise CorruptImageError(ref, "video cannot be opened")
-        if cap.next_index != index:  # sequential reads skip the seek
-            cap.cap.set(cv2.CAP_PROP_POS_FRAMES, index)
-        ok, frame = cap.cap.read()
-        cap.next_index = index + 1 if ok else -1
-    if not ok or frame is None:
-        raise CorruptImageError(ref, f"video has no decodable frame {index}")
-    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            return [CorruptImageError(r, "video cannot be opened") for r in refs]
+        last: tuple[int, np.ndarray] | None = None  # a frame asked for twice is decoded once
+        for k in sorted(range(len(indices)), key=lambda k: indices[k]):
+            index = int(indices[k])
+            if last is not None and last[0] == index:
+                out[k] = last[1]
+                continue
+            gap = index - cap.next_index
+            if cap.next_index < 0 or gap < 0 or gap > _MAX_SKIP:
+                _seek(cap, path, index)
+            frame = None
+            while 0 <= cap.next_index <= index:
+                ok, frame = cap.cap.read()
+                cap.next_index = cap.next_index + 1 if ok else -1
+            if frame is not None and cap.next_index == index + 1:
+                last = (index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+                out[k] = last[1]
+    return out
 
 
 def load_image(ref: str) -> np.ndarray:
@@ -192,7 +229,10 @@ def load_image(ref: str) -> np.ndarray:
     if kind == "zip":
         return _load_zip_member(path, str(extra), ref)
     if kind == "video":
-        return _load_video_frame(path, int(extra), ref)
+        frame = read_video_frames(path, [int(extra)])[0]
+        if isinstance(frame, CorruptImageError):
+            raise frame
+        return frame
     return _load_file(path)
 
 
@@ -203,25 +243,5 @@ def video_frame_count(path: str | Path) -> int:
         if not cap.isOpened():
             return -1
         return int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-    finally:
-        cap.release()
-
-
-def iter_video_frames(path: str | Path) -> Iterator[tuple[int, np.ndarray]]:
-    """(0-based index, RGB uint8 frame) for each frame, decoded once in order."""
-    if not os.path.isfile(path):
-        raise CorruptImageError(str(path), "video does not exist")
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        cap.release()
-        raise CorruptImageError(str(path), "video cannot be opened")
-    try:
-        index = 0
-        while True:
-            ok, frame = cap.read()
-            if not ok or frame is None:
-                return
-            yield index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            index += 1
     finally:
         cap.release()

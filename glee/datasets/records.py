@@ -18,6 +18,7 @@ DATASET_AUS: dict[str, tuple[int, ...]] = {
     "bp4dplus": BP4D_AUS,
     "disfa": DISFA_AUS,
 }
+AU_DATASETS: tuple[str, ...] = tuple(DATASET_AUS)  # the datasets with AU labels
 # Every AU the synthetic world drives (union of the datasets' coded AUs we model).
 ALL_AUS: tuple[int, ...] = (1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 17, 20, 23, 24, 25, 26)
 

@@ -11,9 +11,9 @@ from glee.datasets.bp4dplus import read_bp4dplus
 from glee.datasets.disfa import read_disfa
 from glee.datasets.errors import DatasetError
 from glee.datasets.fec import read_fec
-from glee.datasets.records import DatasetIndex, FecIndex
+from glee.datasets.records import AU_DATASETS, DatasetIndex, FecIndex
 
-DATASETS = ("bp4d", "bp4dplus", "disfa", "fec")
+DATASETS = (*AU_DATASETS, "fec")
 _READERS: dict[str, Callable[..., Any]] = {
     "bp4d": read_bp4d,
     "bp4dplus": read_bp4dplus,

@@ -794,11 +794,20 @@ def _surface_triangles(p: np.ndarray, names: list[str]) -> np.ndarray:
 
 # -- builders ----------------------------------------------------------------------------------
 def build_default_model() -> MorphableModel:
-    """Build the sparse default face deterministically (no file, no download)."""
+    """Build the sparse default face deterministically (no file, no download).
+
+    Built on one BLAS thread: the shape bases come from an eigendecomposition whose
+    near-degenerate eigenvectors otherwise differ with the thread count (3.5 mm of
+    landmark between 1 and 2 threads), so a Ray worker on one thread would fit another
+    face than the one a two-thread process rendered."""
+    from threadpoolctl import threadpool_limits
+
     names, p = _mean_points()
+    with threadpool_limits(limits=1):
+        shape_basis = _shape_basis(p)
     return MorphableModel(
         mean=p.astype(np.float32),
-        shape_basis=_shape_basis(p).astype(np.float32),
+        shape_basis=shape_basis.astype(np.float32),
         expression_basis=_expression_basis(p, names).astype(np.float32),
         expression_names=list(EXPRESSION_NAMES),
         landmark_index=np.arange(68),
@@ -809,16 +818,8 @@ def build_default_model() -> MorphableModel:
 
 @functools.lru_cache(maxsize=1)
 def default_model() -> MorphableModel:
-    """The default face, built once per process (treat it as read-only).
-
-    Built on one BLAS thread: the shape bases come from an eigendecomposition whose
-    near-degenerate eigenvectors otherwise differ with the thread count (3.5 mm of
-    landmark between 1 and 2 threads), so a Ray worker on one thread would fit another
-    face than the one a two-thread process rendered."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
-        return build_default_model()
+    """The default face, built once per process (treat it as read-only)."""
+    return build_default_model()
 
 
 def landmark_moving_expressions(model: MorphableModel, tol: float = 1.0) -> list[str]:

@@ -877,12 +877,14 @@ def _levenberg_marquardt(
         factor = np.where(gain > 0.75, 0.1, np.where(gain < 0.25, 10.0, 1.0))
         factor = np.where(full_step, factor, np.where(better, 10.0, 100.0))
         mu[alive] = np.maximum(mu[alive] * factor, 1e-12)
-        # A small decrease ends the fit unless its step went well uphill on its own model (a
-        # predicted increase above max(E, 1 px^2)): a step clipped to the box before its
-        # active set settled can, and the sliver of it that backtracking keeps says nothing
-        # about convergence.
+        # A small decrease ends the fit only when its step went down on its own model: a
+        # step clipped to the box before its active set settled can go uphill on it, and
+        # the sliver of it that backtracking keeps says nothing about convergence (with a
+        # predicted rise of 0.66 E allowed, a face noised by 2 px stopped after 2
+        # iterations at 1.3x the truth's energy).
         scale = np.maximum(new_energy, 1.0)
-        small = better & (predicted > -scale) & (old - new_energy <= tol * scale)
+        tiny = tol * scale
+        small = better & (predicted > -tiny) & (old - new_energy <= tiny)
         stuck = ~better & (mu[alive] > 1e4)  # damped to a tiny gradient step: no progress left
         done = small | stuck
         converged[alive[done]] = True

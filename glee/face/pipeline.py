@@ -91,7 +91,7 @@ def read_frames(refs: list[str]) -> list[np.ndarray | str]:
     """Decode image references (glee.datasets.records); a string in the output is the reason
     the reference could not be decoded. Frames of one video are read in one sequential pass.
     """
-    from glee.datasets.images import load_image
+    from glee.datasets.images import load_image, read_video_frames
 
     out: list[np.ndarray | str] = [""] * len(refs)
     videos: dict[str, list[tuple[int, int]]] = defaultdict(list)
@@ -105,32 +105,9 @@ def read_frames(refs: list[str]) -> list[np.ndarray | str]:
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error row
             out[i] = f"{type(exc).__name__}: {exc}"
     for path, wanted in videos.items():
-        wanted.sort()
-        cap = cv2.VideoCapture(path)
-        if not cap.isOpened():
-            for _, i in wanted:
-                out[i] = f"cannot open video {path}"
-            continue
-        try:
-            start = wanted[0][0]
-            cap.set(cv2.CAP_PROP_POS_FRAMES, start)
-            pos = start
-            for frame_idx, i in wanted:
-                frame = None
-                while pos <= frame_idx:
-                    ok, frame = cap.read()
-                    pos += 1
-                    if not ok:
-                        frame = None
-                        break
-                if frame is None:
-                    out[i] = f"video {path} has no frame {frame_idx}"
-                    pos = frame_idx + 1
-                    cap.set(cv2.CAP_PROP_POS_FRAMES, pos)
-                else:
-                    out[i] = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-        finally:
-            cap.release()
+        frames = read_video_frames(path, [index for index, _ in wanted])
+        for (_, i), frame in zip(wanted, frames):
+            out[i] = frame if isinstance(frame, np.ndarray) else f"{type(frame).__name__}: {frame}"
     return out
 
 

@@ -13,9 +13,11 @@ OpenFace writes intensities AUxx_r, GLEE-Net has probabilities). Failed frames c
 every AU column, as OpenFace does; filter on `success`.
 
 Landmarks (where the 68 points come from):
-    fan       MTCNN face box, then face-alignment's 2D FAN (needs its weight file)
-    mtcnn5    MTCNN's five points moved onto a neutral face (glee.face.five_point): works
-              offline, aligns on the eyes, but f_exp carries no expression
+    fan       MTCNN face box, then face-alignment's 2D FAN (weights download on first use)
+    dlib      MTCNN face box mapped to dlib's, then dlib's 68-point predictor (ships in
+              face-recognition-models: offline; iBUG 300-W terms, no commercial use)
+    mtcnn5    by name only: MTCNN's five points moved onto a neutral face
+              (glee.face.five_point); aligns on the eyes, but f_exp carries no expression
     provided  a landmarks table (subject, task, frame, x0..x67, y0..y67) keyed by the
               input's stem, task "" and the 1-based frame number
 """
@@ -42,7 +44,7 @@ from glee.model.glee_net import build_glee_net
 from glee.model.inference import Outputs, infer, load_model_weights
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-LANDMARK_SOURCES = ("fan", "mtcnn5", "provided")
+LANDMARK_SOURCES = ("fan", "dlib", "mtcnn5", "provided")
 BASE_COLUMNS = ("frame", "face_id", "timestamp", "confidence", "success")
 DEFAULT_FPS = 30.0  # OpenFace's frame rate for image sequences
 
@@ -177,10 +179,10 @@ class FramePredictor:
             self._five = None
         else:
             cfg = replace(base, landmarks="fan", device=self.device)
-            if landmarks == "fan":
-                backend = make_landmark_backend("fan", device=self.device)
+            if landmarks in ("fan", "dlib"):
+                backend = make_landmark_backend(landmarks, device=self.device)
                 self._five = None
-            else:
+            else:  # asked for by name only: five points carry no expression
                 backend = self._five = FivePointLandmarks()
             # every face box comes in the items: the preprocessor's detector is never used
             self.pre = FacePreprocessor(cfg, backend=backend)

@@ -3,29 +3,9 @@ the weighted BCE of AU finetuning (Sec. III-D / IV-B), with unknown labels maske
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-# Sec. IV-B: margin per FEC triplet type.
-TRIPLET_MARGINS: dict[str, float] = {
-    "ONE_CLASS_TRIPLET": 0.1,
-    "TWO_CLASS_TRIPLET": 0.2,
-    "THREE_CLASS_TRIPLET": 0.2,
-}
-
-
-def triplet_margins(
-    triplet_types: Sequence[str], margins: dict[str, float] | None = None
-) -> torch.Tensor:
-    """(B,) margins for a batch of FEC triplet type names (default `TRIPLET_MARGINS`)."""
-    table = TRIPLET_MARGINS if margins is None else margins
-    unknown = sorted({t for t in triplet_types if t not in table})
-    if unknown:
-        raise ValueError(f"unknown triplet type(s) {unknown}; expected one of {sorted(table)}")
-    return torch.tensor([table[t] for t in triplet_types], dtype=torch.float32)
 
 
 def triplet_loss(
@@ -39,7 +19,7 @@ def triplet_loss(
     L = max(0, |A-P|^2 - |A-N|^2 + m) + max(0, |A-P|^2 - |P-N|^2 + m) with squared
     Euclidean distances. Inputs are (B, D) embeddings, already L2-normalised (what
     `GLEENet.embed` returns; this function does not normalise). `margin` is a float or a
-    (B,) tensor of per-triplet margins (`triplet_margins`).
+    (B,) tensor of per-triplet margins (Sec. IV-B: glee.datasets.fec.DEFAULT_MARGINS).
     """
     if not (anchor.shape == positive.shape == negative.shape) or anchor.dim() != 2:
         raise ValueError(
@@ -107,10 +87,8 @@ def au_loss(
 
 
 __all__ = [
-    "TRIPLET_MARGINS",
     "au_class_weights",
     "au_loss",
     "triplet_loss",
-    "triplet_margins",
     "weighted_bce",
 ]

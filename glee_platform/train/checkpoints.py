@@ -26,9 +26,9 @@ from typing import Any
 import torch
 
 from glee.model.glee_net import GLEENet
+from glee.model.inference import STATE_FILE
 from glee.training.optimisation import read_checkpoint
 
-STATE_FILE = "state.pt"
 DONE_FILE = "done.json"  # beside the checkpoints of a finished run: its config hash
 CHECKPOINT_PREFIX = "checkpoint_epoch"  # checkpoint_epoch0003: the state after epoch 3
 BRANCH_PREFIXES = ("global_branch.", "local_branch.")  # what pretraining trains (Sec. III-E)

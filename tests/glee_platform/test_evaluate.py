@@ -21,7 +21,8 @@ from glee.model.glee_net import GLEENet
 from glee.model.inference import infer, load_model_weights
 from glee.training.augmentation import center_crop, to_model_input
 from glee_platform import prepared
-from glee_platform.evaluate import EvaluationError, evaluate_run, fold_checkpoint
+from glee_platform.evaluate import EvaluationError, evaluate_run
+from glee_platform.run_folder import RunFolderError, fold_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -190,7 +191,7 @@ def test_a_moved_run_folder_still_finds_its_checkpoints(full_run, tmp_path):
     ckpt = fold_checkpoint(moved, 1)
     assert ckpt.parent == moved / "fold1" and (ckpt / "state.pt").is_file()
     assert ckpt.name == fold_checkpoint(run, 1).name
-    with pytest.raises(EvaluationError, match="fold 2 .* has no checkpoint"):
+    with pytest.raises(RunFolderError, match="fold 2 .* has no checkpoint"):
         fold_checkpoint(moved, 2)
 
 

@@ -233,7 +233,7 @@ def test_smoke_job_submitted_with_the_working_dir_succeeds(head, toy_prep, tmp_p
     packages = [p for p in files.glob("_ray_pkg_*") if p.is_dir()]  # beside: .zip.lock files
     assert len(packages) == 1, list(files.iterdir())
     pkg = packages[0]
-    assert (pkg / "glee_platform" / "train.py").is_file() and (pkg / "configs").is_dir()
+    assert (pkg / "glee_platform" / "train" / "loops.py").is_file() and (pkg / "configs").is_dir()
     for ignored in ("data", "runs", ".venv", ".pytest_cache"):
         assert not (pkg / ignored).exists(), f"{ignored}/ was uploaded with the working dir"
     head.passed = True

@@ -3,6 +3,7 @@ occurrences as evaluation on the same frames, and frames without a face kept."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -87,13 +88,17 @@ def prep(bp4d_run, tiny_world, tmp_path_factory) -> Path:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_astronaut_gets_a_face_and_a_blank_frame_a_success_0_row(bp4d_run, tmp_path):
+def test_astronaut_gets_a_face_and_a_blank_frame_a_success_0_row(bp4d_run, tmp_path, monkeypatch):
+    """The default path (landmarks auto): offline and without FAN weights it is dlib's 68
+    points, from the package that ships them, and says so."""
     from skimage import data
 
+    monkeypatch.setenv("GLEE_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     astronaut = _write_rgb(tmp_path / "astronaut.png", data.astronaut())
     blank = _write_rgb(tmp_path / "blank.png", np.full((160, 160, 3), 90, np.uint8))
     out = tmp_path / "out"
-    summary = predict_files([astronaut, blank], bp4d_run, out, landmarks="mtcnn5", progress=False)
+    summary = predict_files([astronaut, blank], bp4d_run, out, progress=False)
     names = au_names(BP4D_AUS)
     face = pd.read_csv(out / "astronaut.csv")
     none = pd.read_csv(out / "blank.csv")
@@ -107,7 +112,8 @@ def test_astronaut_gets_a_face_and_a_blank_frame_a_success_0_row(bp4d_run, tmp_p
         [1, "detect", "no face detected"]
     ]
     assert Path(errors.loc[0, "input"]).name == "blank.png"
-    assert (summary.frames, summary.faces, summary.landmarks) == (2, 1, "mtcnn5")
+    assert (summary.frames, summary.faces, summary.landmarks) == (2, 1, "dlib")
+    assert json.loads((out / "predict.json").read_text())["landmarks"] == "dlib"
 
 
 def _rekeyed_landmarks(root: Path, subject: str, task: str, stem: str, out: Path) -> Path:
@@ -187,12 +193,13 @@ def _predict_job(*args: str, env: dict | None = None) -> subprocess.CompletedPro
 def test_an_unreadable_input_or_missing_weights_is_one_clear_line(tmp_path):
     bad = tmp_path / "notes.txt"
     bad.write_text("not a video")
-    proc = _predict_job(str(bad), "--run", str(tmp_path))
+    proc = _predict_job(str(bad), "--run", str(tmp_path), "--out", str(tmp_path / "out"))
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "notes.txt: not an image" in proc.stderr
     image = _write_rgb(tmp_path / "face.png", np.zeros((64, 64, 3), np.uint8))
     # No FAN weights there, and no download (GLEE_OFFLINE): the one line says where to put them.
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "GLEE_OFFLINE": "1"}
-    proc = _predict_job(str(image), "--run", str(tmp_path), "--landmarks", "fan", env=env)
+    out = ("--out", str(tmp_path / "out"))
+    proc = _predict_job(str(image), "--run", str(tmp_path), "--landmarks", "fan", *out, env=env)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "FAN landmark weights" in proc.stderr and str(tmp_path / "torch") in proc.stderr

@@ -4,14 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from glee.training.losses import (
-    TRIPLET_MARGINS,
-    au_class_weights,
-    au_loss,
-    triplet_loss,
-    triplet_margins,
-    weighted_bce,
-)
+from glee.datasets.fec import DEFAULT_MARGINS
+from glee.training.losses import au_class_weights, au_loss, triplet_loss, weighted_bce
 
 
 def _t(rows):
@@ -26,8 +20,9 @@ def test_triplet_loss_hand_values_with_per_type_margins():
     a = _t([[1, 0], [1, 0], [1, 0]])
     p = _t([[0, 1], [1, 0], [-1, 0]])
     n = _t([[-1, 0], [0, 1], [1, 0]])
-    margins = triplet_margins(["ONE_CLASS_TRIPLET", "TWO_CLASS_TRIPLET", "THREE_CLASS_TRIPLET"])
-    assert margins.tolist() == pytest.approx([0.1, 0.2, 0.2])
+    types = ["ONE_CLASS_TRIPLET", "TWO_CLASS_TRIPLET", "THREE_CLASS_TRIPLET"]
+    margins = torch.tensor([DEFAULT_MARGINS[t] for t in types], dtype=torch.float64)
+    assert margins.tolist() == pytest.approx([0.1, 0.2, 0.2])  # Sec. IV-B
     loss = triplet_loss(a, p, n, margins)
     assert loss.item() == pytest.approx((0.1 + 0.0 + 4.4) / 3)
     # A float margin applies to all triplets.
@@ -54,9 +49,6 @@ def test_triplet_loss_zero_and_no_gradient_when_satisfied():
 def test_triplet_loss_rejects_mismatched_inputs():
     with pytest.raises(ValueError, match="margin has 2 values"):
         triplet_loss(_t([[1, 0]]), _t([[1, 0]]), _t([[1, 0]]), torch.tensor([0.1, 0.2]))
-    with pytest.raises(ValueError, match="unknown triplet type"):
-        triplet_margins(["FOUR_CLASS_TRIPLET"])
-    assert TRIPLET_MARGINS["ONE_CLASS_TRIPLET"] == 0.1
 
 
 def test_au_class_weights_hand_values_and_unknowns():
