@@ -21,6 +21,7 @@ import yaml
 
 from glee.datasets.records import AU_DATASETS
 from glee.datasets.registry import DATASETS
+from glee.face.landmarks import BACKENDS as LANDMARK_BACKENDS
 from glee.typed_config import ConfigError, at_least, choice, from_mapping, in_range, positive
 
 MODEL_PRESETS = ("tiny", "paper")
@@ -37,7 +38,7 @@ class DataSection:
     synthetic_seed: int = 0
     raw: dict[str, str] = field(default_factory=dict)  # dataset -> raw root (real data)
     prep: str = ""  # preprocessed Parquet folder; "" -> <root>/prep
-    landmarks: str = "provided"  # landmark backend of the preprocessing
+    landmarks: str = "auto"  # landmark backend of the preprocessing (glee.face.landmarks)
     dataset: str = "bp4d"  # the AU dataset to finetune on
     max_rows: int = 0  # > 0: use at most this many rows per split (smoke runs)
 
@@ -45,6 +46,7 @@ class DataSection:
         choice("data.dataset", self.dataset, AU_DATASETS)
         choice("data.synthetic", self.synthetic, SYNTHETIC_PRESETS)
         at_least("data.max_rows", self.max_rows, 0)
+        choice("data.landmarks", self.landmarks, LANDMARK_BACKENDS)
         for name in self.raw:
             choice("data.raw key", name, DATASETS)
 

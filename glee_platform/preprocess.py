@@ -23,20 +23,24 @@ import platform as std_platform
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
 
 from glee.datasets.records import DATASET_AUS, au_names
 from glee.datasets.registry import DATASETS
+from glee.face.landmark_error import landmark_error
 from glee.face.pipeline import FacePreprocessor, PreprocessConfig, error_row, load_morphable_model
 from glee.files import write_json_atomic, write_parquet_atomic
-from glee_platform.session import ensure_ray
+from glee_platform.session import ensure_ray, say
 
 ERROR_SCHEMA = pa.schema(
     [
@@ -57,7 +61,8 @@ FACE_SCHEMA = pa.schema(
         ("frame", pa.int32()),
         ("fold", pa.int8()),
         ("image", pa.binary()),
-        ("landmarks", pa.list_(pa.float32(), 136)),
+        ("landmarks", pa.list_(pa.float32(), 136)),  # in the aligned face
+        ("image_landmarks", pa.list_(pa.float32(), 136)),  # in the input image, as found
         ("pose", pa.list_(pa.float32(), 6)),
         ("shape", pa.list_(pa.float32())),
         ("expression", pa.list_(pa.float32())),
@@ -70,7 +75,8 @@ FEC_IMAGE_SCHEMA = pa.schema(
     [
         ("image_id", pa.string()),
         ("image", pa.binary()),
-        ("landmarks", pa.list_(pa.float32(), 136)),
+        ("landmarks", pa.list_(pa.float32(), 136)),  # in the aligned face
+        ("image_landmarks", pa.list_(pa.float32(), 136)),  # in the input image, as found
         ("pose", pa.list_(pa.float32(), 6)),
         ("shape", pa.list_(pa.float32())),
         ("expression", pa.list_(pa.float32())),
@@ -102,9 +108,18 @@ class Summary:
     shards_total: int
     shards_run: int
     seconds: float
+    landmarks: str = ""  # the backend that ran
+    truth: dict[str, Any] | None = None  # _truth_report, where the dataset has a truth
 
     def line(self) -> str:
-        return f"{self.rows_ok} ok, {self.rows_failed} failed (see {self.out / 'errors.parquet'})"
+        text = f"{self.rows_ok} ok, {self.rows_failed} failed (see {self.out / 'errors.parquet'})"
+        if self.truth:
+            t = self.truth
+            text += (
+                f"; landmarks {self.landmarks} found {100 * t['detection_rate']:.1f}% of the "
+                f"faces, {t['mean_px']:.2f} px ({100 * t['mean_iod']:.2f}% IOD) from the truth"
+            )
+        return text
 
 
 # -- shards --------------------------------------------------------------------------------
@@ -289,7 +304,7 @@ def preprocess_dataset(
     dataset: str,
     root: str | os.PathLike,
     out: str | os.PathLike,
-    landmarks: str = "provided",
+    landmarks: str = "auto",
     num_cpus: int | None = None,
     *,
     split: str | None = None,
@@ -298,7 +313,11 @@ def preprocess_dataset(
     progress: bool = True,
     _fail_after_shards: int | None = None,
 ) -> Summary:
-    """Preprocess one dataset into `out` (skipping shards already complete)."""
+    """Preprocess one dataset into `out` (skipping shards already complete).
+
+    `landmarks` "auto" is resolved here, once, on the driver (FAN when its weights are on
+    disk or downloadable, else dlib): every actor runs the same backend, and the manifest
+    records which."""
     if dataset not in DATASETS:
         raise PreprocessError(f"unknown dataset {dataset!r}: choose one of {list(DATASETS)}")
     root, out = Path(root).expanduser().resolve(), Path(out).expanduser().resolve()
@@ -311,9 +330,13 @@ def preprocess_dataset(
 
     # Fail fast on the driver for user mistakes (bad root, missing landmarks or weights).
     from glee.datasets.errors import DatasetError
-    from glee.face.landmarks import make_landmark_backend
+    from glee.face.landmarks import choose_landmark_backend, make_landmark_backend
 
     try:
+        if cfg.landmarks == "auto":
+            name, why = choose_landmark_backend("auto")
+            cfg = replace(cfg, landmarks=name)
+            say(f"{dataset}: landmarks {name} ({why})")
         make_landmark_backend(cfg.landmarks, dataset_root=root, device="cpu")
         if dataset == "fec":
             items, triplets, read_errors = _fec_items(root)
@@ -373,6 +396,17 @@ def preprocess_dataset(
     return summary
 
 
+def split_triplets(triplets: list[dict], ok_ids: set[str]) -> tuple[list[dict], list[dict]]:
+    """(kept, lost): the triplets whose three faces all preprocessed, and the others, in one
+    pass (FEC has 500k triplets: a membership test against the kept list was quadratic)."""
+    kept: list[dict] = []
+    lost: list[dict] = []
+    for t in triplets:
+        whole = t["anchor"] in ok_ids and t["positive"] in ok_ids and t["negative"] in ok_ids
+        (kept if whole else lost).append(t)
+    return kept, lost
+
+
 def _remove_stale(out: Path, table: str, live: set[str]) -> None:
     """Shards of an earlier run over different inputs would double-count: remove them."""
     for folder, prefix in ((out / table, "part-"), (out / "errors", "")):
@@ -414,8 +448,7 @@ def _finish(
     errors = pa.concat_tables(err_tables)
 
     if table == "images":
-        kept = [t for t in triplets if {t["anchor"], t["positive"], t["negative"]} <= ok_ids]
-        lost = [t for t in triplets if t not in kept]
+        kept, lost = split_triplets(triplets, ok_ids)
         errors = pa.concat_tables(
             [
                 errors,
@@ -454,5 +487,44 @@ def _finish(
     }
     if table == "images":
         manifest["triplets_kept"] = pq.read_metadata(out / "triplets.parquet").num_rows
+    truth = _truth_report(out, table, root) if cfg.landmarks != "provided" else None
+    if truth is not None:
+        manifest["landmarks_vs_truth"] = truth
     write_json_atomic(out / "manifest.json", manifest)
-    return Summary(dataset, out, rows_ok, failed, len(shards), 0, 0.0)
+    return Summary(dataset, out, rows_ok, failed, len(shards), 0, 0.0, cfg.landmarks, truth)
+
+
+def _truth_report(out: Path, table: str, root: Path) -> dict[str, Any] | None:
+    """Detection rate and landmark error against the truth, where the dataset has one (the
+    synthetic world's landmarks.parquet: the exact landmarks of every rendered frame)."""
+    truth_path = root / "landmarks.parquet"
+    if table != "faces" or not truth_path.is_file():
+        return None
+    keys = ["subject", "task", "frame"]
+    found = pads.dataset(out / table, format="parquet").to_table(columns=[*keys, "image_landmarks"])
+    truth = pq.read_table(truth_path).to_pandas()
+    truth["frame"] = truth["frame"].astype(np.int64)
+    got = found.to_pandas()
+    got["frame"] = got["frame"].astype(np.int64)
+    both = got.merge(truth, on=keys, how="inner")
+    if both.empty or len(truth) == 0:
+        return None
+    xy = np.stack([both[[f"x{i}" for i in range(68)]], both[[f"y{i}" for i in range(68)]]], -1)
+    error = landmark_error(np.stack(both["image_landmarks"].to_numpy()).reshape(-1, 68, 2), xy)
+    listed = _listed_frames(out, truth, keys)
+    return {
+        "frames": listed,
+        "detected": len(both),
+        "detection_rate": round(len(both) / max(listed, 1), 4),
+        "mean_px": round(error.mean_px, 3),
+        "mean_iod": round(error.mean_iod, 5),
+    }
+
+
+def _listed_frames(out: Path, truth: Any, keys: list[str]) -> int:
+    """Truth frames that the readers listed (a frame they skipped is not a detection miss)."""
+    err = pq.read_table(out / "errors.parquet", columns=[*keys, "stage"]).to_pandas()
+    err = err[err["stage"] != "read"]
+    faces = pads.dataset(out / "faces", format="parquet").to_table(columns=keys).to_pandas()
+    seen = pd.concat([faces, err[keys]]).astype({"frame": np.int64}).drop_duplicates()
+    return int(len(seen.merge(truth[keys], on=keys, how="inner")))

@@ -109,17 +109,35 @@ class _Filter(io.TextIOBase):
 
 
 @contextlib.contextmanager
+def _native_stderr_to(log: IO[str], active: bool) -> Iterator[None]:
+    """Point file descriptor 2 at the log for the block: Ray's C++ core writes its warnings
+    there directly, past sys.stderr."""
+    if not active:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextlib.contextmanager
 def quiet_console(log_path: str | os.PathLike, verbose: bool = False) -> Iterator[Path]:
     """Route stdout, stderr, logging and warnings through the filter for the block."""
     global _terminal
     path = Path(log_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     old_out, old_err = sys.stdout, sys.stderr
-    with open(path, "a", encoding="utf-8") as log:
+    with open(path, "a", encoding="utf-8") as log, _native_stderr_to(log, not verbose):
         log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(sys.argv)}\n")
         _terminal = old_out
         sys.stdout = _Filter(log, old_out, verbose)
-        sys.stderr = _Filter(log, old_err, verbose)
+        sys.stderr = _Filter(log, old_err if verbose else old_out, verbose)
         handler = logging.StreamHandler(sys.stderr)
         root = logging.getLogger()
         root.addHandler(handler)

@@ -14,6 +14,7 @@ or `--force` to redo it in place).
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +52,36 @@ def raw_root(cfg: ExperimentConfig, dataset: str) -> Path:
     return cfg.raw_dir / dataset  # glee.synthetic.writers.synthesize writes <raw>/<dataset>
 
 
-def _mismatch(manifest: dict[str, Any], root: Path, settings: dict[str, Any]) -> str | None:
-    """Why a preprocessed folder does not hold what the config asks for; None if it does."""
+def _mismatch(
+    manifest: dict[str, Any], root: Path, wanted: Callable[[], dict[str, Any]]
+) -> str | None:
+    """Why a preprocessed folder does not hold what the config asks for (`wanted()`, the
+    settings); None if it does."""
     made = manifest.get("config", {})
     if made.get("root") and Path(made["root"]).resolve() != root:
         return f"it was made from {made['root']}, not {root}"
+    if not any(key in made for key in MATCHED_SETTINGS):
+        return None
+    settings = wanted()
     for key in MATCHED_SETTINGS:
         if key in made and key in settings and made[key] != settings[key]:
             return f"it was made with {key}={made[key]!r}, this config asks for {settings[key]!r}"
     return None
+
+
+def _landmark_backend(name: str) -> str:
+    """The backend a config's `data.landmarks` runs: 'auto' resolved once per job, so a
+    reused folder is checked against what would run now."""
+    from glee.face.landmarks import MissingBackendError, choose_landmark_backend
+
+    if name != "auto":
+        return name
+    try:
+        chosen, why = choose_landmark_backend("auto")
+    except MissingBackendError as exc:
+        raise ConfigError(str(exc)) from None
+    print(f"[glee] landmarks: {chosen} ({why})")
+    return chosen
 
 
 def ensure_preprocessed(cfg: ExperimentConfig, datasets: list[str], *, force: bool = False) -> None:
@@ -67,7 +89,13 @@ def ensure_preprocessed(cfg: ExperimentConfig, datasets: list[str], *, force: bo
     that was made otherwise); refuse to reuse one that was made from other inputs."""
     from glee_platform.preprocess import preprocess_dataset
 
-    settings = {"landmarks": cfg.data.landmarks}
+    settings: dict[str, str] = {}
+
+    def wanted() -> dict[str, str]:  # resolved on first need: 'auto' may probe a URL
+        if not settings:
+            settings["landmarks"] = _landmark_backend(cfg.data.landmarks)
+        return settings
+
     for name in datasets:
         root = raw_root(cfg, name) if name in cfg.data.raw or cfg.data.synthetic != "none" else None
         out = dataset_dir(cfg.prep_dir, name)
@@ -75,7 +103,7 @@ def ensure_preprocessed(cfg: ExperimentConfig, datasets: list[str], *, force: bo
             why = (
                 None
                 if root is None
-                else _mismatch(read_manifest(cfg.prep_dir, name), root, settings)
+                else _mismatch(read_manifest(cfg.prep_dir, name), root, wanted)
             )
             if why is None:
                 continue
@@ -91,7 +119,7 @@ def ensure_preprocessed(cfg: ExperimentConfig, datasets: list[str], *, force: bo
         if name not in cfg.data.raw:
             _write_synthetic(cfg, name)
         print(f"[glee] preprocessing {name}: {root} -> {out}")
-        summary = preprocess_dataset(name, root, out, landmarks=cfg.data.landmarks)
+        summary = preprocess_dataset(name, root, out, landmarks=wanted()["landmarks"])
         print(f"[glee] {name}: {summary.line()}")
 
 

@@ -19,7 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", required=True, choices=DATASETS)
     ap.add_argument("--root", required=True, type=Path, help="the dataset's root folder")
     ap.add_argument("--out", required=True, type=Path, help="output folder for this dataset")
-    ap.add_argument("--landmarks", default="provided", choices=LANDMARK_BACKENDS)
+    ap.add_argument(
+        "--landmarks",
+        default="auto",
+        choices=LANDMARK_BACKENDS,
+        help="auto (default): fan when its weights are on disk or downloadable, else dlib; "
+        "provided: the dataset's landmarks.parquet",
+    )
     ap.add_argument("--num-cpus", type=int, default=None, help="actors (default: all CPUs)")
     ap.add_argument("--split", default=None, help="split name or file (default: the standard)")
     ap.add_argument("--shard-size", type=int, default=32, help="frames per Parquet shard")

@@ -226,6 +226,7 @@ class FacePreprocessor:
             row.update(
                 image=encoded,
                 landmarks=np.asarray(aligned.landmarks, np.float32).reshape(-1).tolist(),
+                image_landmarks=lms.astype(np.float32).reshape(-1).tolist(),
                 pose=fit.pose[j].astype(np.float32).tolist(),
                 shape=fit.shape[j].astype(np.float32).tolist(),
                 expression=fit.expression[j].astype(np.float32).tolist(),

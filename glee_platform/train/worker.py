@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -39,6 +40,15 @@ class Worker:
     rank: int
     world: int
     device: torch.device
+
+
+STEP_LINES_AFTER_S = 60.0  # an epoch longer than this shows its step lines
+
+def _say(text: str) -> None:
+    """A line to the job's terminal from a Train worker. Straight to the process's stdout:
+    Ray Train 2.60 patches print() on its workers to log the line *and*, where Ray has
+    wrapped sys.stdout, print it as well, so every line reached the driver twice."""
+    print(text, file=sys.__stdout__, flush=True)
 
 
 def start_worker(config: dict[str, Any]) -> Worker:
@@ -163,7 +173,7 @@ def restore(
         return opt, 0, 0, []
     path, state = found
     if rank == 0 and (registered is None or Path(registered) != path):
-        print(f"[glee] {loop.name}: resuming from {path.name}, which Ray Train had not registered")
+        _say(f"[glee] {loop.name}: resuming from {path.name}, which Ray Train had not registered")
     load_checkpoint_state(loop.net, state["model"])
     opt.load_state_dict(state.get("optimisation") or {"optimizer": state["optimizer"]})
     return opt, int(state["epoch"]) + 1, int(state["global_step"]), list(state["history"])
@@ -215,7 +225,7 @@ def run_epochs(config: dict[str, Any], worker: Worker, loop: Loop) -> None:
     rng = np.random.default_rng(int(config["seed"]) * 7919 + worker.rank)  # augmentation
     log_every = int(config["log_every"])
     if worker.rank == 0:
-        print(
+        _say(
             f"[glee] {loop.name}: {worker.world} worker(s) on {device.type}, "
             f"{opt.precision}, batch {loop.batch_size} per worker, from epoch {start_epoch}"
         )
@@ -244,8 +254,10 @@ def run_epochs(config: dict[str, Any], worker: Worker, loop: Loop) -> None:
                 rate = window_n * worker.world / max(time.perf_counter() - window_t, 1e-9)
                 logger.step("loss/train_step", value, step)
                 if worker.rank == 0:
-                    print(
-                        f"[glee] {loop.name} epoch {epoch} step {step}: loss {value:.4f}, "
+                    # on the terminal once an epoch makes a person wait; always in the log
+                    mark = "[glee] " if time.perf_counter() - t0 > STEP_LINES_AFTER_S else ""
+                    _say(
+                        f"{mark}{loop.name} epoch {epoch + 1} step {step}: loss {value:.4f}, "
                         f"{rate:.1f} {loop.unit}/s"
                     )
                 window_t, window_n = time.perf_counter(), 0
@@ -266,7 +278,7 @@ def run_epochs(config: dict[str, Any], worker: Worker, loop: Loop) -> None:
         metrics["peak_rss_mb"] = peak_rss_bytes() / 2**20  # this worker process so far
         logger.epoch(metrics, step)
         if worker.rank == 0:
-            print(f"[glee] {loop.name} epoch {epoch + 1}/{config['epochs']}: {_summary(metrics)}")
+            _say(f"[glee] {loop.name} epoch {epoch + 1}/{config['epochs']}: {_summary(metrics)}")
         _report(metrics, worker, loop, opt, epoch, step, history)
     logger.close()
 

@@ -28,7 +28,14 @@ def prep_dir(tiny_world: dict[str, Path], tmp_path_factory) -> Path:
 
         prep = tmp_path_factory.mktemp("eval_prep")
         for name in ("bp4d", "bp4dplus"):
-            preprocess_dataset(name, tiny_world[name], prep / name, num_cpus=2, progress=False)
+            preprocess_dataset(
+                name,
+                tiny_world[name],
+                prep / name,
+                num_cpus=2,
+                progress=False,
+                landmarks="provided",
+            )
         _CACHE["prep"] = prep
     return _CACHE["prep"]
 

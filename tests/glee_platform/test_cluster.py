@@ -296,7 +296,13 @@ def test_preprocessing_and_ddp_spread_over_two_nodes(three_nodes, toy_prep, tmp_
     # as `jobs/preprocess.py --num-cpus 6` makes it: actors on both worker nodes
     raw = synthesize(shared / "raw", preset="tiny", datasets=["bp4d"], progress=False)
     summary = preprocess_dataset(
-        "bp4d", raw["bp4d"], shared / "prep" / "bp4d", num_cpus=6, progress=False, shard_size=2
+        "bp4d",
+        raw["bp4d"],
+        shared / "prep" / "bp4d",
+        num_cpus=6,
+        progress=False,
+        shard_size=2,
+        landmarks="provided",
     )
     assert summary.rows_ok > 0 and summary.shards_run == summary.shards_total == 36
     # (the state API leaves node_id empty on some finished actor-method events: not counted)

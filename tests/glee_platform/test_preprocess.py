@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -13,10 +14,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from glee.datasets.records import DATASET_AUS
-from glee_platform.preprocess import PreprocessError, _shards_per_call, preprocess_dataset
+from glee_platform.preprocess import (
+    PreprocessError,
+    _shards_per_call,
+    preprocess_dataset,
+    split_triplets,
+)
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[2]
+
+EXACT = "provided"  # the renders' exact landmarks: these tests check the fit and the labels
 
 
 def _faces(out: Path, table: str = "faces") -> pd.DataFrame:
@@ -40,7 +48,9 @@ def prepped(tiny_world, ray_session, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("prep")
     res = {}
     for name in ("bp4d", "bp4dplus", "disfa", "fec"):
-        summary = preprocess_dataset(name, tiny_world[name], out / name, num_cpus=2, progress=False)
+        summary = preprocess_dataset(
+            name, tiny_world[name], out / name, num_cpus=2, progress=False, landmarks=EXACT
+        )
         assert summary.rows_ok > 0
         res[name] = out / name
     return res
@@ -106,7 +116,9 @@ def test_fec_images_and_triplets(prepped):
 
 
 def test_rerun_skips_finished_shards(tiny_world, prepped, ray_session):
-    summary = preprocess_dataset("bp4d", tiny_world["bp4d"], prepped["bp4d"], progress=False)
+    summary = preprocess_dataset(
+        "bp4d", tiny_world["bp4d"], prepped["bp4d"], progress=False, landmarks=EXACT
+    )
     assert summary.shards_run == 0
     assert summary.rows_ok == len(_faces(prepped["bp4d"]))
 
@@ -123,11 +135,12 @@ def test_resume_after_injected_failure_gives_the_uninterrupted_rows(
             num_cpus=1,
             shard_size=4,
             progress=False,
+            landmarks=EXACT,
             _fail_after_shards=2,
         )
     partial = list((out / "faces").glob("part-*.parquet"))
     summary = preprocess_dataset(
-        "bp4d", tiny_world["bp4d"], out, num_cpus=1, shard_size=4, progress=False
+        "bp4d", tiny_world["bp4d"], out, num_cpus=1, shard_size=4, progress=False, landmarks=EXACT
     )
     assert 0 < len(partial) < summary.shards_total
     # The failure hit the middle of an actor call of several shards: the shards that call
@@ -156,7 +169,7 @@ def test_corrupt_faceless_and_nan_inputs_become_error_rows(tiny_world, ray_sessi
     lms.loc[nan, "x30"] = np.nan
     lms.to_parquet(root / "landmarks.parquet")
 
-    summary = preprocess_dataset("bp4d", root, tmp_path / "out", progress=False)
+    summary = preprocess_dataset("bp4d", root, tmp_path / "out", progress=False, landmarks=EXACT)
     errors = pq.read_table(tmp_path / "out" / "errors.parquet").to_pandas()
     stages = {(r.subject, r.task, int(r.frame)): r.stage for r in errors.itertuples()}
     assert stages[key(frames[0])] == "decode"
@@ -188,3 +201,46 @@ def test_wrong_root_is_one_clear_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")
     assert "Traceback" not in proc.stderr
+
+
+def test_the_default_path_detects_real_landmarks_and_reports_their_error(
+    tiny_world, ray_session, tmp_path, monkeypatch
+):
+    """landmarks auto, offline without FAN weights: dlib's 68 points on MTCNN's faces (as on
+    BP4D), resolved once on the driver, recorded, and measured against the renders' truth."""
+    monkeypatch.setenv("GLEE_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    out = tmp_path / "bp4d"
+    summary = preprocess_dataset("bp4d", tiny_world["bp4d"], out, num_cpus=2, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert summary.landmarks == manifest["config"]["landmarks"] == "dlib"
+    truth = manifest["landmarks_vs_truth"]
+    assert truth == summary.truth and truth["detected"] == summary.rows_ok
+    assert truth["detection_rate"] >= 0.8  # a real detector misses some faces
+    assert 0.005 < truth["mean_iod"] < 0.10  # near the truth, yet not the truth itself
+    assert "landmarks dlib found" in summary.line() and "IOD" in summary.line()
+    faces = _faces(out)
+    found = np.stack(faces.image_landmarks.to_numpy()).reshape(-1, 68, 2)
+    lms = pd.read_parquet(tiny_world["bp4d"] / "landmarks.parquet")
+    key = faces.iloc[0]
+    row = lms[(lms.subject == key.subject) & (lms.task == key.task) & (lms.frame == key.frame)]
+    exact = np.stack([row[[f"x{i}" for i in range(68)]], row[[f"y{i}" for i in range(68)]]], -1)
+    assert 0 < np.abs(found[0] - exact[0]).mean() < 10
+
+
+def test_splitting_the_full_fec_triplet_set_is_linear():
+    """500k triplets over 150k images, a tenth of the images failed: the quadratic
+    `t not in kept` took hours at this size; one pass takes a fraction of a second."""
+    rng = np.random.default_rng(0)
+    ids = np.array([f"img{i:06d}" for i in range(150_000)])
+    faces = rng.integers(0, len(ids), (500_000, 3))
+    triplets = [{"anchor": ids[a], "positive": ids[p], "negative": ids[n]} for a, p, n in faces]
+    failed = rng.random(len(ids)) < 0.1
+    kept, lost = split_triplets(triplets, set(ids[~failed]))
+    whole = ~failed[faces].any(1)
+    assert len(kept) == whole.sum() and len(lost) == (~whole).sum()
+    assert kept[0] is triplets[int(np.flatnonzero(whole)[0])]  # order kept
+    assert all(
+        failed[[int(t[k][3:]) for k in ("anchor", "positive", "negative")]].any()
+        for t in lost[:100]
+    )
