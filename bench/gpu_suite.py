@@ -17,8 +17,10 @@ accuracy, not speed, so none are loaded):
   share of that matmul rate, and the peak GPU memory (torch.cuda.max_memory_allocated);
   - JPEG decode + random 176 crop + flip of 200x200 aligned faces per second on N CPU
     threads (cv2, else PIL, else torchvision.io; it says which ran);
-  - two sections the lead adds with glee_platform: through Ray Train, and landmarks /
-    preprocessing on GPU against CPU actors (they print 'skipped: <reason>' for now).
+  - where Ray is installed, a finetuning fold through glee_platform's Ray Train loop (its
+    streaming Ray Data input) on a generated faces table, in a child process;
+  - MTCNN face detection batched against one frame at a time, and dlib's 68 points per
+    face where installed (FAN needs weights from the web: skipped on the lent machines).
 Batches are synthetic tensors resident on the device: the model's rate, not the input
 pipeline's (decoding is measured on its own). Without a GPU it says so, runs the same
 code on the tiny preset for a few steps on the CPU and exits 0. The last line starts with
@@ -393,21 +395,120 @@ def decoding(n_images: int, threads: list[int], size: int, repeats: int) -> list
 
 
 def ray_train_section(args: argparse.Namespace, device: torch.device) -> list[str]:
-    """Finetuning through Ray Train (glee_platform's loop) beside the plain loop above."""
+    """Finetuning through Ray Train (glee_platform's loop, its streaming Ray Data input)
+    on a generated faces table, in a child process so that Ray starts and stops there."""
     if importlib.util.find_spec("ray") is None:
         return ["ray train: skipped: Ray is not installed here"]
-    return [
-        "ray train: skipped: needs glee_platform's Ray Train loops, being rewritten for "
-        "issue 16 (the lead adds this section)"
-    ]
+    import subprocess
+    import tempfile
+
+    rows = 256 if args.smoke or device.type == "cpu" else 2048
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, __file__, "--ray-train-child", tmp, "--rows", str(rows)]
+        if device.type == "cpu":
+            cmd.append("--cpu")
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("ray train:")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return [f"ray train: failed: {tail}"]
+    return lines
+
+
+def ray_train_child(folder: str, rows: int, gpu: bool) -> int:
+    """One finetuning fold through glee_platform.train: the Train worker's images/s over
+    its second epoch (the first pays start-up), beside the plain loop's figure above."""
+    from data_memory import write_tables  # bench/: the Parquet faces table of the real format
+
+    from glee_platform.config import load_config
+    from glee_platform.session import ensure_ray
+    from glee_platform.train import run_finetune_fold
+
+    prep = Path(folder) / "prep"
+    write_tables(prep, rows)
+    preset = ["model.preset=paper", "model.allow_random_init=true"] if gpu else []
+    cfg = load_config(
+        "smoke",
+        [
+            "name=gpu-suite",
+            f"data.prep={prep}",
+            "data.synthetic=none",
+            f"resources.storage_path={Path(folder) / 'runs'}",
+            f"resources.use_gpu={'true' if gpu else 'false'}",
+            f"resources.precision={'bf16' if gpu else 'fp32'}",
+            "resources.cpus_per_worker=1",
+            "finetune.init=none",
+            "finetune.epochs=2",
+            "finetune.eval_every=2",
+            "finetune.batch_size=32",
+            "log_every=1000000",
+            *preset,
+        ],
+    )
+    ensure_ray()
+    run, _ = run_finetune_fold(cfg, 1, None, reuse=False)
+    rate = run.history[-1]["img_per_s"]
+    where = "1 GPU, paper preset, bf16" if gpu else "CPU, tiny preset, fp32"
+    print(
+        f"ray train: finetune {rate:.1f} img/s ({where}, global batch 32, {rows} rows: "
+        f"1 Train worker, streaming input, epoch 2 of 2)",
+        flush=True,
+    )
+    return 0
 
 
 def landmarks_section(args: argparse.Namespace, device: torch.device) -> list[str]:
-    """Landmarks/s batched against one at a time; preprocessing frames/s on GPU vs CPU actors."""
-    return [
-        "landmarks: skipped: needs the 68-point detector's weights (no network here) and "
-        "glee_platform's preprocessing actors (the lead adds this section)"
+    """Face detection (MTCNN, facenet-pytorch) batched against one image at a time on
+    640x360 frames, and dlib's 68 points per face where dlib is installed. FAN, the GPU
+    landmark backend, needs its weights from the web, which the lent machines cannot reach."""
+    if importlib.util.find_spec("facenet_pytorch") is None:
+        return ["landmarks: skipped: facenet-pytorch (MTCNN) is not installed here"]
+    if importlib.util.find_spec("skimage") is None:
+        return ["landmarks: skipped: scikit-image (its astronaut photo) is not installed here"]
+    from skimage import data
+
+    from glee.face.detection import FaceDetector
+
+    face = data.astronaut()[:300, 80:380]  # a real photograph's face, 300x300
+    frames = []
+    for i in range(4 if args.smoke else 32):  # 640x360 frames, the face moving across
+        frame = np.full((360, 640, 3), 90, np.uint8)
+        x = 20 + (i * 37) % 300
+        frame[30:330, x : x + 300] = face
+        frames.append(frame)
+    detector = FaceDetector(device=str(device))
+    detector.detect_batch(frames[:2])  # warm-up
+    t0 = time.perf_counter()
+    for frame in frames:
+        detector.detect(frame)
+    sync(device)
+    single = len(frames) / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    found = detector.detect_batch(frames)
+    sync(device)
+    batched = len(frames) / (time.perf_counter() - t0)
+    lines = [
+        f"landmarks: MTCNN detection {batched:.1f} frames/s batched, {single:.1f} one at a time "
+        f"({batched / single:.2f}x; {sum(bool(f) for f in found)}/{len(frames)} faces found, "
+        f"640x360, {device.type})"
     ]
+    from glee.face.landmarks import dlib_unavailable
+
+    missing = dlib_unavailable()
+    if missing is None and any(found):
+        from glee.face.landmarks import DlibLandmarks
+
+        backend = DlibLandmarks()
+        boxes = [(f, np.asarray(d[0].box, np.float32)) for f, d in zip(frames, found) if d]
+        t0 = time.perf_counter()
+        for i, (frame, box) in enumerate(boxes):
+            backend(frame, ("bench", "", i), box)
+        rate = len(boxes) / (time.perf_counter() - t0)
+        lines.append(f"landmarks: dlib 68 points {rate:.1f} faces/s (CPU, one at a time)")
+    else:
+        lines.append(f"landmarks: dlib skipped: {missing or 'no face found'}")
+    lines.append("landmarks: FAN skipped: its weights download from the web on first use")
+    return lines
 
 
 # --------------------------------------------------------------------------- main
@@ -433,7 +534,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per section")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds (default 420)")
+    parser.add_argument("--ray-train-child", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--rows", type=int, default=256, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.ray_train_child:
+        gpu = torch.cuda.is_available() and not args.cpu
+        return ray_train_child(args.ray_train_child, args.rows, gpu)
     clock = Clock(args.budget)
     gpu = torch.cuda.is_available() and not args.cpu
     device = torch.device("cuda" if gpu else "cpu")

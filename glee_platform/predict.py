@@ -61,15 +61,10 @@ class PredictSummary:
 def resolve_landmarks(landmarks: str) -> str:
     """'auto' -> the backend `choose_landmark_backend` picks (fan, else dlib), said once on
     stdout; MTCNN's five points only when asked for by name."""
-    from glee.face.landmarks import MissingBackendError, choose_landmark_backend
+    from glee_platform.preprocess import resolve_landmarks as resolve_auto
 
     if landmarks == "auto":
-        try:
-            name, why = choose_landmark_backend("auto")
-        except MissingBackendError as exc:
-            raise PredictInputError(str(exc)) from None
-        say(f"landmarks: {name} ({why})")
-        return name
+        return resolve_auto(landmarks)
     if landmarks not in LANDMARK_SOURCES:
         raise PredictInputError(
             f"landmarks must be auto or one of {', '.join(LANDMARK_SOURCES)}, got {landmarks!r}"

@@ -300,6 +300,22 @@ def _shards_per_call(shards: int, actors: int) -> int:
     return max(1, min(8, shards // (8 * max(1, actors))))
 
 
+def resolve_landmarks(name: str) -> str:
+    """The landmark backend `name` runs: 'auto' becomes what `choose_landmark_backend`
+    picks (fan when its weights are on disk or downloadable, else dlib), said on the
+    terminal; no 68-point backend at all is one line saying how to get one."""
+    from glee.face.landmarks import MissingBackendError, choose_landmark_backend
+
+    if name != "auto":
+        return name
+    try:
+        chosen, why = choose_landmark_backend("auto")
+    except MissingBackendError as exc:
+        raise PreprocessError(str(exc)) from None
+    say(f"[glee] landmarks: {chosen} ({why})")
+    return chosen
+
+
 def preprocess_dataset(
     dataset: str,
     root: str | os.PathLike,
@@ -330,13 +346,10 @@ def preprocess_dataset(
 
     # Fail fast on the driver for user mistakes (bad root, missing landmarks or weights).
     from glee.datasets.errors import DatasetError
-    from glee.face.landmarks import choose_landmark_backend, make_landmark_backend
+    from glee.face.landmarks import make_landmark_backend
 
     try:
-        if cfg.landmarks == "auto":
-            name, why = choose_landmark_backend("auto")
-            cfg = replace(cfg, landmarks=name)
-            say(f"{dataset}: landmarks {name} ({why})")
+        cfg = replace(cfg, landmarks=resolve_landmarks(cfg.landmarks))
         make_landmark_backend(cfg.landmarks, dataset_root=root, device="cpu")
         if dataset == "fec":
             items, triplets, read_errors = _fec_items(root)

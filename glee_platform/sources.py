@@ -69,31 +69,16 @@ def _mismatch(
     return None
 
 
-def _landmark_backend(name: str) -> str:
-    """The backend a config's `data.landmarks` runs: 'auto' resolved once per job, so a
-    reused folder is checked against what would run now."""
-    from glee.face.landmarks import MissingBackendError, choose_landmark_backend
-
-    if name != "auto":
-        return name
-    try:
-        chosen, why = choose_landmark_backend("auto")
-    except MissingBackendError as exc:
-        raise ConfigError(str(exc)) from None
-    print(f"[glee] landmarks: {chosen} ({why})")
-    return chosen
-
-
 def ensure_preprocessed(cfg: ExperimentConfig, datasets: list[str], *, force: bool = False) -> None:
     """Preprocess every needed dataset whose Parquet folder is absent (or, with `force`,
     that was made otherwise); refuse to reuse one that was made from other inputs."""
-    from glee_platform.preprocess import preprocess_dataset
+    from glee_platform.preprocess import preprocess_dataset, resolve_landmarks
 
     settings: dict[str, str] = {}
 
     def wanted() -> dict[str, str]:  # resolved on first need: 'auto' may probe a URL
         if not settings:
-            settings["landmarks"] = _landmark_backend(cfg.data.landmarks)
+            settings["landmarks"] = resolve_landmarks(cfg.data.landmarks)
         return settings
 
     for name in datasets:

@@ -55,6 +55,7 @@ def ablation(tiny_world, tmp_path_factory):
                 "name=abl",
                 f"data.prep={prep}",
                 f"data.raw.bp4d={tiny_world['bp4d']}",  # the preprocessed folder's source
+                "data.landmarks=provided",  # as prep_dir made it: the renders' exact landmarks
                 f"resources.storage_path={runs}",
                 "finetune.init=none",  # pretraining is tested in test_train; time
                 "finetune.epochs=1",

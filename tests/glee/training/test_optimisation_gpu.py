@@ -133,3 +133,44 @@ def test_state_round_trip_gpu_cpu_gpu(tmp_path):
 
 def test_state_round_trip_logic_on_the_cpu(tmp_path):
     _round_trip(torch.device("cpu"), tmp_path)
+
+
+def _ddp_step(rank: int, world: int, port: int, out: str) -> None:
+    """One bf16 finetuning step of the tiny preset under DDP on GPU `rank` (NCCL)."""
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("nccl", rank=rank, world_size=world)
+    torch.cuda.set_device(rank)
+    device = torch.device("cuda", rank)
+    cfg = GLEEConfig.tiny(4)
+    torch.manual_seed(0)  # the same initial weights on every rank
+    model = GLEENet(cfg).to(device)
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rank])
+    opt = _optimisation(model, "bf16")
+    images, f_exp, labels, weights = _batch(cfg, 4, device, seed=rank)  # each its own batch
+    opt.step(lambda: au_loss(*ddp(images, f_exp), labels, weights))
+    flat = torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad])
+    gathered = [torch.empty_like(flat) for _ in range(world)]
+    dist.all_gather(gathered, flat)
+    if rank == 0:
+        torch.save({"same": bool(torch.equal(gathered[0], gathered[1]))}, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_two_gpu_ddp_steps_keep_the_replicas_equal(tmp_path):
+    """Two ranks on different batches: after the all-reduced step both hold the same weights."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp.pt"
+    mp.spawn(_ddp_step, args=(2, port, str(out)), nprocs=2, join=True)
+    assert torch.load(out, weights_only=True)["same"]
