@@ -86,9 +86,7 @@ def ensure_preprocessed(cfg: ExperimentConfig, datasets: list[str], *, force: bo
         out = dataset_dir(cfg.prep_dir, name)
         if is_preprocessed(cfg.prep_dir, name):
             why = (
-                None
-                if root is None
-                else _mismatch(read_manifest(cfg.prep_dir, name), root, wanted)
+                None if root is None else _mismatch(read_manifest(cfg.prep_dir, name), root, wanted)
             )
             if why is None:
                 continue

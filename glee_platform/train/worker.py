@@ -44,6 +44,7 @@ class Worker:
 
 STEP_LINES_AFTER_S = 60.0  # an epoch longer than this shows its step lines
 
+
 def _say(text: str) -> None:
     """A line to the job's terminal from a Train worker. Straight to the process's stdout:
     Ray Train 2.60 patches print() on its workers to log the line *and*, where Ray has
