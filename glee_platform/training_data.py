@@ -46,6 +46,11 @@ TRIPLET_COLUMNS = ["anchor", "positive", "negative", "triplet_type", "margin", "
 # A TripletFaces actor mostly waits on the trainer; half a CPU lets a training and an
 # evaluation pool share the one CPU a 2-core machine leaves beside the Train worker.
 TRIPLET_ACTOR_CPUS = 0.5
+# A training split whose decoded faces fit in this many bytes is decoded once per run and
+# read from Ray's object store every epoch; a larger one streams from its Parquet shards
+# each epoch (bench/train_throughput.py: at the demo's size a new streaming read per epoch
+# cost about 5 s an epoch; bench/data_memory.py: streaming keeps memory flat as data grows).
+DECODED_ONCE_BYTES = 512 * 2**20
 
 
 def _stack(column: Sequence[Any], dtype: Any) -> np.ndarray:
@@ -89,6 +94,20 @@ def face_dataset(split: FaceSplit, *, train: bool, seed: int | None = None, size
             batch_format="numpy",
         )
     )
+
+
+def decoded_once_if_small(ds, split: FaceSplit, what: str, face_size: int = 200):
+    """`ds` materialised (decoded once, kept in Ray's object store) when the split's decoded
+    faces fit DECODED_ONCE_BYTES, else `ds` unchanged (streamed every epoch); says which."""
+    decoded = split.num_rows * face_size * face_size * 3
+    mib = decoded / 2**20
+    if decoded > DECODED_ONCE_BYTES:
+        print(f"[glee] {what}: {split.num_rows} faces ({mib:.0f} MiB decoded) stream each epoch")
+        return ds
+    print(
+        f"[glee] {what}: {split.num_rows} faces decoded once ({mib:.0f} MiB in Ray's object store)"
+    )
+    return ds.materialize()
 
 
 def eval_split_config(train_names: Sequence[str] = ("train",)):

@@ -32,7 +32,7 @@ from glee_platform.train.runs import (
     prepare_run_dir,
     reused,
 )
-from glee_platform.training_data import face_dataset
+from glee_platform.training_data import decoded_once_if_small, face_dataset
 
 
 def finetune_hash(cfg: ExperimentConfig, fold: int, init: str) -> str:
@@ -95,7 +95,9 @@ def run_finetune_fold(
     gcfg = model_config(cfg, len(au_names))
     mirror = expression_mirror(expression_names(manifest), gcfg.expr_dim)
     datasets = {
-        "train": face_dataset(train_split, train=True, seed=cfg.seed),
+        "train": decoded_once_if_small(
+            face_dataset(train_split, train=True, seed=cfg.seed), train_split, f"{run} training"
+        ),
         "eval": face_dataset(eval_split, train=False),
     }
     loop_cfg = loop_config(cfg, run, gcfg, run_name) | {

@@ -26,6 +26,8 @@ SHUFFLE_BATCHES = 20  # a worker's local shuffle buffer, in batches (training_da
 PREFETCH_BATCHES = 2  # batches the input pipeline keeps ready per worker
 
 
+_DECISIONS_SAID: set[str] = set()  # GPU decisions this process has printed
+
 @dataclass
 class RunResult:
     """A finished Train run: its folder, latest checkpoint folder and metric history."""
@@ -149,7 +151,10 @@ def fit(
     check_local_cpus(cfg)
     if gpu.wait:
         wait_for_gpus(r.num_workers, r.cpus_per_worker, r.gpu_wait_s)
-    print(f"[glee] {run}: {'GPU' if gpu.use_gpu else 'CPU'} ({gpu.reason})")
+    line = f"{'GPU' if gpu.use_gpu else 'CPU'} ({gpu.reason})"
+    if line not in _DECISIONS_SAID:  # once per job: every fold decides the same
+        _DECISIONS_SAID.add(line)
+        print(f"[glee] {run}: {line}")
     trainer = TorchTrainer(
         loop,
         train_loop_config=loop_cfg,
