@@ -8,9 +8,12 @@ gives exactly one row; a frame with no face (or one that fails a stage) is a row
 success 0 and an error record naming the stage and the reason.
 
 Rows follow OpenFace's CSV: frame (1-based), face_id, timestamp (s), confidence, success,
-then AUxx_c (occurrence, p > 0.5, Sec. IV-A) for every AU, then AUxx_p (probability; where
-OpenFace writes intensities AUxx_r, GLEE-Net has probabilities). Failed frames carry 0 in
-every AU column, as OpenFace does; filter on `success`.
+pose_Tx/Ty/Tz (mm) and pose_Rx/Ry/Rz (radians, R = Rx Ry Rz) of the fitted head, x_0..x_67
+and y_0..y_67 (the 68 landmarks in image pixels), then AUxx_c (occurrence, p > 0.5,
+Sec. IV-A) for every AU, AUxx_p (probability; where OpenFace writes intensities AUxx_r,
+GLEE-Net has probabilities), exp_<blendshape> (the fitted 3DMM expression, f_exp of
+Sec. III-C) and fit_rmse (px). Failed frames carry 0 in every column after success, as
+OpenFace does; filter on `success`.
 
 Landmarks (where the 68 points come from):
     fan       MTCNN face box, then face-alignment's 2D FAN (weights download on first use)
@@ -61,9 +64,46 @@ def openface_au(name: str) -> str:
     return f"AU{int(m.group(1)):02d}"
 
 
-def csv_columns(au_names: Sequence[str]) -> list[str]:
+POSE_COLUMNS = ("pose_Tx", "pose_Ty", "pose_Tz", "pose_Rx", "pose_Ry", "pose_Rz")
+LANDMARK_COLUMNS = (*(f"x_{i}" for i in range(68)), *(f"y_{i}" for i in range(68)))
+
+
+def csv_columns(
+    au_names: Sequence[str], expression_names: Sequence[str] | None = None
+) -> list[str]:
+    """OpenFace's columns: frame .. success, head pose, the 68 landmarks in image pixels,
+    AUxx_c and AUxx_p per AU; then the fitted 3DMM expression, one exp_<blendshape> column
+    each (default: the built-in face's 51), and the fit's landmark RMSE (px)."""
+    if expression_names is None:
+        from glee.face.default_model import default_model
+
+        expression_names = default_model().expression_names
     aus = [openface_au(n) for n in au_names]
-    return [*BASE_COLUMNS, *(f"{a}_c" for a in aus), *(f"{a}_p" for a in aus)]
+    return [
+        *BASE_COLUMNS,
+        *POSE_COLUMNS,
+        *LANDMARK_COLUMNS,
+        *(f"{a}_c" for a in aus),
+        *(f"{a}_p" for a in aus),
+        *(f"exp_{n}" for n in expression_names),
+        "fit_rmse",
+    ]
+
+
+def openface_pose(pose: Sequence[float]) -> dict[str, float]:
+    """OpenFace's pose columns from a fitted pose (yaw, pitch, roll, tx, ty, tz; camera.py):
+    translation in mm in the camera frame (x right, y down, z away from the camera), and
+    the rotation as angles in radians about x, y, z with R = Rx @ Ry @ Rz, the order
+    OpenFace writes (our fit composes Rz(roll) @ Ry(yaw) @ Rx(pitch); the matrix is the same)."""
+    from glee.face.camera import rotation_matrix
+
+    yaw, pitch, roll, tx, ty, tz = (float(v) for v in pose)
+    r = rotation_matrix(np.float64(yaw), np.float64(pitch), np.float64(roll))
+    ry = float(np.arcsin(np.clip(r[0, 2], -1.0, 1.0)))
+    rx = float(np.arctan2(-r[1, 2], r[2, 2]))
+    rz = float(np.arctan2(-r[0, 1], r[0, 0]))
+    values = (tx, ty, tz, rx, ry, rz)
+    return {c: round(v, 6) for c, v in zip(POSE_COLUMNS, values)}
 
 
 # --------------------------------------------------------------------------- inputs
@@ -164,7 +204,7 @@ class FramePredictor:
                 f"the model predicts {gcfg.num_aus} AUs but {len(au_names)} names given"
             )
         self.au_names = list(au_names)
-        self.columns = csv_columns(self.au_names)
+        self.columns = csv_columns(self.au_names, self.pre_expression_names(preprocess))
         self.landmarks = landmarks
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.net = load_model_weights(build_glee_net(gcfg), checkpoint).to(self.device)
@@ -187,6 +227,14 @@ class FramePredictor:
             # every face box comes in the items: the preprocessor's detector is never used
             self.pre = FacePreprocessor(cfg, backend=backend)
         self._detector = None
+
+    @staticmethod
+    def pre_expression_names(preprocess: PreprocessConfig | None) -> list[str]:
+        from glee.face.pipeline import load_morphable_model
+
+        return list(
+            load_morphable_model((preprocess or PreprocessConfig()).model_path).expression_names
+        )
 
     def _detect(self, images: list[np.ndarray | str]) -> list[Any]:
         """The highest-scoring MTCNN face of each decoded image (None: no face / no image)."""
@@ -240,6 +288,8 @@ class FramePredictor:
             out = infer(self.net, faces, f_exp, device=self.device)
             for j, r in enumerate(rows):
                 outputs[int(r["_index"])] = (out, j)
+        geometry = {int(r["_index"]): r for r in rows}
+        exp_cols = self.columns[-1 - len(self.pre.model.expression_names) : -1]
         result = []
         for i, f in enumerate(frames):
             row: dict[str, Any] = {
@@ -256,6 +306,13 @@ class FramePredictor:
                 row.update(confidence=round(confidence[i], 4), success=1)
                 row.update({f"{a}_c": int(c) for a, c in zip(aus, occ)})
                 row.update({f"{a}_p": float(p) for a, p in zip(aus, probs)})
+                g = geometry[i]
+                lms = np.asarray(g["image_landmarks"], np.float64).reshape(68, 2)
+                row.update(openface_pose(g["pose"]))
+                row.update({f"x_{k}": round(float(v), 3) for k, v in enumerate(lms[:, 0])})
+                row.update({f"y_{k}": round(float(v), 3) for k, v in enumerate(lms[:, 1])})
+                row.update({c: round(float(v), 6) for c, v in zip(exp_cols, g["expression"])})
+                row["fit_rmse"] = round(float(g["fit_rmse"]), 4)
             else:
                 e = failed.get(i) or error_row(items[i], "predict", "no output for this frame")
                 errors.append(
@@ -267,8 +324,9 @@ class FramePredictor:
                         "reason": e["reason"],
                     }
                 )
+                # OpenFace writes zeros for a frame without a face
+                row.update({c: 0.0 for c in self.columns if c not in row})
                 row.update({f"{a}_c": 0 for a in aus})
-                row.update({f"{a}_p": 0.0 for a in aus})
             result.append(row)
         return result, errors
 
@@ -276,11 +334,14 @@ class FramePredictor:
 __all__ = [
     "BASE_COLUMNS",
     "IMAGE_SUFFIXES",
+    "LANDMARK_COLUMNS",
     "LANDMARK_SOURCES",
+    "POSE_COLUMNS",
     "Frame",
     "FramePredictor",
     "PredictInputError",
     "csv_columns",
     "list_frames",
     "openface_au",
+    "openface_pose",
 ]

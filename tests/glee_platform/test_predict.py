@@ -18,7 +18,13 @@ from evaluation_world import ablation, prep_dir
 
 from glee.datasets.records import BP4D_AUS, au_names
 from glee.face.five_point import five_of, landmarks_from_five, neutral_template
-from glee.prediction.predictor import PredictInputError, csv_columns, list_frames, openface_au
+from glee.prediction.predictor import (
+    PredictInputError,
+    csv_columns,
+    list_frames,
+    openface_au,
+    openface_pose,
+)
 from glee_platform.evaluate import evaluate_run
 from glee_platform.predict import predict_files
 
@@ -48,7 +54,12 @@ def test_openface_columns_and_frame_listing(tmp_path):
     names = au_names(BP4D_AUS)
     cols = csv_columns(names)
     assert cols[:5] == ["frame", "face_id", "timestamp", "confidence", "success"]
-    assert cols[5] == "AU01_c" and cols[5 + 12] == "AU01_p" and cols[-1] == "AU24_p"
+    assert cols[5:11] == ["pose_Tx", "pose_Ty", "pose_Tz", "pose_Rx", "pose_Ry", "pose_Rz"]
+    assert cols[11] == "x_0" and cols[11 + 67] == "x_67" and cols[11 + 68] == "y_0"
+    au = 11 + 136
+    assert cols[au] == "AU01_c" and cols[au + 12] == "AU01_p" and cols[au + 23] == "AU24_p"
+    assert "exp_jaw_drop" in cols[au + 24 :] and len(cols) == au + 24 + 51 + 1
+    assert cols[-1] == "fit_rmse"
     folder = tmp_path / "clip"
     folder.mkdir()
     for name in ("b.png", "a.jpg", "c.png"):
@@ -147,6 +158,21 @@ def test_a_disfa_video_gives_one_row_per_frame(bp4d_run, tiny_world, tmp_path):
     assert (df["success"] == 1).all() and (df["confidence"] == 1).all()
     assert (summary.frames, summary.faces) == (n, n)
     assert pd.read_csv(out / "errors.csv").empty
+    # OpenFace's geometry: the landmarks the frame was processed with, in image pixels,
+    # and the head pose the 3DMM fit found, near the rendered pose
+    lms = pd.read_parquet(table).sort_values("frame")
+    for axis in "xy":
+        given = lms[[f"{axis}{i}" for i in range(68)]].to_numpy()
+        np.testing.assert_allclose(df[[f"{axis}_{i}" for i in range(68)]], given, atol=1e-3)
+    truth = pd.read_parquet(root / "truth.parquet")
+    truth = truth[truth["subject"] == subject].sort_values("frame")
+    expected = pd.DataFrame([openface_pose(p) for p in truth["pose"]])
+    np.testing.assert_allclose(
+        df[["pose_Rx", "pose_Ry", "pose_Rz"]], expected.iloc[:, 3:], atol=0.05
+    )
+    np.testing.assert_allclose(df["pose_Tz"], expected["pose_Tz"], rtol=0.05)
+    assert (df["fit_rmse"] < 1.0).all()  # exact landmarks: the fit reprojects them closely
+    assert df[[c for c in df.columns if c.startswith("exp_")]].abs().to_numpy().max() > 0.05
 
 
 @pytest.mark.ray
@@ -203,3 +229,27 @@ def test_an_unreadable_input_or_missing_weights_is_one_clear_line(tmp_path):
     proc = _predict_job(str(image), "--run", str(tmp_path), "--landmarks", "fan", *out, env=env)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "FAN landmark weights" in proc.stderr and str(tmp_path / "torch") in proc.stderr
+
+
+def test_openface_pose_is_the_same_rotation_in_openfaces_order():
+    """pose_Rx, pose_Ry, pose_Rz compose R = Rx @ Ry @ Rz to the fit's rotation matrix."""
+    from glee.face.camera import rotation_matrix
+
+    def rx(a):
+        return np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+
+    def ry(a):
+        return np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+
+    def rz(a):
+        return np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+
+    rng = np.random.default_rng(0)
+    for yaw, pitch, roll in rng.uniform(-0.8, 0.8, (50, 3)):
+        got = openface_pose([yaw, pitch, roll, 1.0, -2.0, 600.0])
+        r = rx(got["pose_Rx"]) @ ry(got["pose_Ry"]) @ rz(got["pose_Rz"])
+        np.testing.assert_allclose(r, rotation_matrix(yaw, pitch, roll), atol=1e-5)
+        assert (got["pose_Tx"], got["pose_Ty"], got["pose_Tz"]) == (1.0, -2.0, 600.0)
+    # a pure yaw is a rotation about y alone
+    only_yaw = openface_pose([0.3, 0.0, 0.0, 0, 0, 500])
+    assert only_yaw["pose_Ry"] == pytest.approx(0.3) and abs(only_yaw["pose_Rx"]) < 1e-9
