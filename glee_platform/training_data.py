@@ -107,6 +107,9 @@ def decoded_once_if_small(ds, split: FaceSplit, what: str, face_size: int = 200)
     print(
         f"[glee] {what}: {split.num_rows} faces decoded once ({mib:.0f} MiB in Ray's object store)"
     )
+    # In file order, as the streamed split is (DataConfig preserve_order): otherwise the
+    # blocks land in the order their tasks finish and a seed no longer repeats a run.
+    ds.context.execution_options.preserve_order = True
     return ds.materialize()
 
 

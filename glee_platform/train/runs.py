@@ -28,6 +28,7 @@ PREFETCH_BATCHES = 2  # batches the input pipeline keeps ready per worker
 
 _DECISIONS_SAID: set[str] = set()  # GPU decisions this process has printed
 
+
 @dataclass
 class RunResult:
     """A finished Train run: its folder, latest checkpoint folder and metric history."""

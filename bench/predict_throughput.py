@@ -1,0 +1,170 @@
+"""Predict's frames per second on a 640x360 clip, end to end and per stage.
+
+The bench writes a clip (a real photograph's face, skimage's astronaut, moving across a
+640x360 frame, MJPG) and a run folder holding a tiny GLEE-Net (random weights: speed does
+not depend on them), then
+
+  1. runs `glee_platform.predict.predict_files` on the clip (Ray Data actors, the default
+     landmarks: auto) and times it end to end: decode, detect, landmarks, align, fit,
+     model, CSV;
+  2. times each stage alone in this process on the same frames, one CPU thread each:
+     decode (glee.datasets.images.read_video_frames), detect (MTCNN, batched), landmarks
+     (the backend auto picks), fit (the batched 3DMM fit), align + encode, model (GLEE-Net
+     on the aligned faces), and prints each one's share of their sum.
+
+The goal (the real-faces issue) is 25 frames/s end to end on this 2-core machine, as
+OpenFace 2.0 runs in real time on a CPU. The last line:
+
+    frames_per_s=<end to end> stages=<stage>:<share>,...
+
+python bench/predict_throughput.py               # 240 frames
+python bench/predict_throughput.py --frames 60   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SIZE = (640, 360)
+FPS = 30.0
+
+
+def write_clip(path: Path, frames: int) -> Path:
+    """The astronaut's face moving across a grey 640x360 frame, `frames` frames, MJPG."""
+    from skimage import data
+
+    face = data.astronaut()[:300, 80:380]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, SIZE)
+    for i in range(frames):
+        frame = np.full((SIZE[1], SIZE[0], 3), 90, np.uint8)
+        x = 20 + int(300 * (0.5 + 0.5 * np.sin(i / 15)))
+        frame[30:330, x : x + 300] = face
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def write_run(folder: Path) -> Path:
+    """A finetune run folder (config.yaml, fold1's checkpoint) of a tiny GLEE-Net."""
+    import torch
+
+    from glee.model.glee_net import build_glee_net, checkpoint_state
+    from glee_platform.config import load_config
+    from glee_platform.train import model_config
+    from glee_platform.train.checkpoints import checkpoint_name, save_state
+    from glee_platform.train.results import write_config
+
+    cfg = load_config("smoke", [f"resources.storage_path={folder}", "name=predict-bench"])
+    torch.manual_seed(0)
+    net = build_glee_net(model_config(cfg, 12))  # BP4D's 12 AUs
+    ckpt = cfg.run_dir / "fold1" / checkpoint_name(0)
+    ckpt.mkdir(parents=True)
+    save_state(ckpt, {"model": checkpoint_state(net), "epoch": 0, "history": []})
+    write_config(cfg)
+    return cfg.run_dir
+
+
+def stage_times(clip: Path, frames: int, run: Path) -> dict[str, float]:
+    """Seconds per stage on the clip's frames, each stage alone, in this process."""
+    import torch
+
+    from glee.datasets.images import read_video_frames
+    from glee.face.alignment import align_face
+    from glee.face.camera import Camera
+    from glee.face.detection import FaceDetector
+    from glee.face.fitting import fit_landmarks
+    from glee.face.landmarks import make_landmark_backend
+    from glee.face.pipeline import PreprocessConfig, encode_image, load_morphable_model
+    from glee.model.glee_net import build_glee_net
+    from glee.model.inference import infer, load_model_weights
+    from glee_platform.predict import model_from_run
+    from glee_platform.preprocess import resolve_landmarks
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    images = read_video_frames(clip, list(range(frames)))
+    times["decode"] = time.perf_counter() - t0
+    detector = FaceDetector(device="cpu")
+    detector.detect_batch(images[:2])  # warm-up
+    t0 = time.perf_counter()
+    found = []
+    for start in range(0, frames, 32):  # predict's chunk of frames
+        found += detector.detect_batch(images[start : start + 32])
+    times["detect"] = time.perf_counter() - t0
+    boxes = [(i, np.asarray(d[0].box, np.float32)) for i, d in enumerate(found) if d]
+    backend = make_landmark_backend(resolve_landmarks("auto"), device="cpu")
+    t0 = time.perf_counter()
+    lms = [np.asarray(backend(images[i], ("clip", "", i + 1), box), np.float64) for i, box in boxes]
+    times["landmarks"] = time.perf_counter() - t0
+    model = load_morphable_model(None)
+    cam = Camera.for_image(*SIZE)
+    fit_landmarks(model, np.stack(lms[:2]), cam)  # compiled kernels load once
+    t0 = time.perf_counter()
+    fit = fit_landmarks(model, np.stack(lms), cam)
+    times["fit"] = time.perf_counter() - t0
+    cfg = PreprocessConfig()
+    t0 = time.perf_counter()
+    faces = []
+    for (i, _), lm in zip(boxes, lms):
+        aligned = align_face(images[i], lm, size=cfg.align_size)
+        encode_image(aligned.image, cfg)
+        faces.append(aligned.image)
+    times["align"] = time.perf_counter() - t0
+    gcfg, ckpt, _ = model_from_run(run)
+    from glee.model.config import GLEEConfig
+
+    net = load_model_weights(build_glee_net(GLEEConfig.from_dict(gcfg)), ckpt)
+    f_exp = fit.expression.astype(np.float32)
+    t0 = time.perf_counter()
+    infer(net, np.stack(faces), f_exp, device="cpu")
+    times["model"] = time.perf_counter() - t0
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=240)
+    args = parser.parse_args(argv)
+    from glee_platform.predict import predict_files
+    from glee_platform.session import ensure_ray
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        clip = write_clip(tmp_path / "clip.avi", args.frames)
+        run = write_run(tmp_path / "runs")
+        ensure_ray()
+        predict_files([clip], run, tmp_path / "out", progress=False)  # warm: actors, kernels
+        t0 = time.perf_counter()
+        summary = predict_files([clip], run, tmp_path / "out", progress=False)
+        wall = time.perf_counter() - t0
+        print(
+            f"end to end: {summary.frames} frames in {wall:.1f} s = {summary.frames / wall:.1f} "
+            f"frames/s ({summary.faces} with a face, landmarks {summary.landmarks}, Ray Data "
+            "actors on every CPU)"
+        )
+        times = stage_times(clip, args.frames, run)
+    total = sum(times.values())
+    for name, seconds in times.items():
+        print(
+            f"  {name:<10} {seconds:7.2f} s  {args.frames / max(seconds, 1e-9):8.1f} frames/s  "
+            f"{100 * seconds / total:5.1f}%"
+        )
+    print(f"  one CPU thread, stages in turn: {args.frames / total:.1f} frames/s")
+    shares = ",".join(f"{k}:{v / total:.2f}" for k, v in times.items())
+    print(f"frames_per_s={summary.frames / wall:.1f} stages={shares}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
