@@ -457,6 +457,16 @@ def ray_train_child(folder: str, rows: int, gpu: bool) -> int:
     return 0
 
 
+def astronaut_frame(x: int) -> np.ndarray:
+    """A 640x360 RGB frame: skimage's astronaut's face (a real photograph, 300x300) at
+    column `x` (0..340) on grey."""
+    from skimage import data
+
+    frame = np.full((360, 640, 3), 90, np.uint8)
+    frame[30:330, x : x + 300] = data.astronaut()[:300, 80:380]
+    return frame
+
+
 def landmarks_section(args: argparse.Namespace, device: torch.device) -> list[str]:
     """Face detection (MTCNN, facenet-pytorch) batched against one image at a time on
     640x360 frames, and dlib's 68 points per face where dlib is installed. FAN, the GPU
@@ -465,17 +475,9 @@ def landmarks_section(args: argparse.Namespace, device: torch.device) -> list[st
         return ["landmarks: skipped: facenet-pytorch (MTCNN) is not installed here"]
     if importlib.util.find_spec("skimage") is None:
         return ["landmarks: skipped: scikit-image (its astronaut photo) is not installed here"]
-    from skimage import data
-
     from glee.face.detection import FaceDetector
 
-    face = data.astronaut()[:300, 80:380]  # a real photograph's face, 300x300
-    frames = []
-    for i in range(4 if args.smoke else 32):  # 640x360 frames, the face moving across
-        frame = np.full((360, 640, 3), 90, np.uint8)
-        x = 20 + (i * 37) % 300
-        frame[30:330, x : x + 300] = face
-        frames.append(frame)
+    frames = [astronaut_frame(20 + (i * 37) % 300) for i in range(4 if args.smoke else 32)]
     detector = FaceDetector(device=str(device))
     detector.detect_batch(frames[:2])  # warm-up
     t0 = time.perf_counter()

@@ -40,14 +40,11 @@ FPS = 30.0
 
 def write_clip(path: Path, frames: int) -> Path:
     """The astronaut's face moving across a grey 640x360 frame, `frames` frames, MJPG."""
-    from skimage import data
+    from gpu_suite import astronaut_frame  # bench/: the same frames the GPU suite detects on
 
-    face = data.astronaut()[:300, 80:380]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, SIZE)
     for i in range(frames):
-        frame = np.full((SIZE[1], SIZE[0], 3), 90, np.uint8)
-        x = 20 + int(300 * (0.5 + 0.5 * np.sin(i / 15)))
-        frame[30:330, x : x + 300] = face
+        frame = astronaut_frame(20 + int(300 * (0.5 + 0.5 * np.sin(i / 15))))
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()
     return path

@@ -524,7 +524,7 @@ def _truth_report(out: Path, table: str, root: Path) -> dict[str, Any] | None:
         return None
     xy = np.stack([both[[f"x{i}" for i in range(68)]], both[[f"y{i}" for i in range(68)]]], -1)
     error = landmark_error(np.stack(both["image_landmarks"].to_numpy()).reshape(-1, 68, 2), xy)
-    listed = _listed_frames(out, truth, keys)
+    listed = _listed_frames(out, got[keys], truth, keys)
     return {
         "frames": listed,
         "detected": len(both),
@@ -534,10 +534,10 @@ def _truth_report(out: Path, table: str, root: Path) -> dict[str, Any] | None:
     }
 
 
-def _listed_frames(out: Path, truth: Any, keys: list[str]) -> int:
-    """Truth frames that the readers listed (a frame they skipped is not a detection miss)."""
+def _listed_frames(out: Path, faces: Any, truth: Any, keys: list[str]) -> int:
+    """Truth frames that the readers listed (a frame they skipped is not a detection miss):
+    the `faces` rows written plus the frames that failed after reading."""
     err = pq.read_table(out / "errors.parquet", columns=[*keys, "stage"]).to_pandas()
     err = err[err["stage"] != "read"]
-    faces = pads.dataset(out / "faces", format="parquet").to_table(columns=keys).to_pandas()
     seen = pd.concat([faces, err[keys]]).astype({"frame": np.int64}).drop_duplicates()
     return int(len(seen.merge(truth[keys], on=keys, how="inner")))

@@ -20,12 +20,8 @@ def inter_ocular(landmarks: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class LandmarkError:
-    faces: int  # faces compared
     mean_px: float  # mean over faces of the mean point-to-point distance
     mean_iod: float  # the same per face over its inter-ocular distance, as a fraction
-
-    def line(self) -> str:
-        return f"{self.mean_px:.2f} px ({100 * self.mean_iod:.2f}% of the inter-ocular distance)"
 
 
 def landmark_error(found: np.ndarray, truth: np.ndarray) -> LandmarkError:
@@ -34,8 +30,6 @@ def landmark_error(found: np.ndarray, truth: np.ndarray) -> LandmarkError:
     if found.shape != truth.shape or found.shape[1:] != (68, 2):
         raise ValueError(f"need two (N, 68, 2) arrays, got {found.shape} and {truth.shape}")
     if len(found) == 0:
-        return LandmarkError(0, float("nan"), float("nan"))
+        return LandmarkError(float("nan"), float("nan"))
     per_face = np.linalg.norm(found - truth, axis=2).mean(1)
-    return LandmarkError(
-        len(found), float(per_face.mean()), float((per_face / inter_ocular(truth)).mean())
-    )
+    return LandmarkError(float(per_face.mean()), float((per_face / inter_ocular(truth)).mean()))

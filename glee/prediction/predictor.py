@@ -204,7 +204,6 @@ class FramePredictor:
                 f"the model predicts {gcfg.num_aus} AUs but {len(au_names)} names given"
             )
         self.au_names = list(au_names)
-        self.columns = csv_columns(self.au_names, self.pre_expression_names(preprocess))
         self.landmarks = landmarks
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.net = load_model_weights(build_glee_net(gcfg), checkpoint).to(self.device)
@@ -226,15 +225,9 @@ class FramePredictor:
                 backend = self._five = FivePointLandmarks()
             # every face box comes in the items: the preprocessor's detector is never used
             self.pre = FacePreprocessor(cfg, backend=backend)
+        self.exp_columns = [f"exp_{n}" for n in self.pre.model.expression_names]
+        self.columns = csv_columns(self.au_names, self.pre.model.expression_names)
         self._detector = None
-
-    @staticmethod
-    def pre_expression_names(preprocess: PreprocessConfig | None) -> list[str]:
-        from glee.face.pipeline import load_morphable_model
-
-        return list(
-            load_morphable_model((preprocess or PreprocessConfig()).model_path).expression_names
-        )
 
     def _detect(self, images: list[np.ndarray | str]) -> list[Any]:
         """The highest-scoring MTCNN face of each decoded image (None: no face / no image)."""
@@ -289,7 +282,6 @@ class FramePredictor:
             for j, r in enumerate(rows):
                 outputs[int(r["_index"])] = (out, j)
         geometry = {int(r["_index"]): r for r in rows}
-        exp_cols = self.columns[-1 - len(self.pre.model.expression_names) : -1]
         result = []
         for i, f in enumerate(frames):
             row: dict[str, Any] = {
@@ -311,7 +303,9 @@ class FramePredictor:
                 row.update(openface_pose(g["pose"]))
                 row.update({f"x_{k}": round(float(v), 3) for k, v in enumerate(lms[:, 0])})
                 row.update({f"y_{k}": round(float(v), 3) for k, v in enumerate(lms[:, 1])})
-                row.update({c: round(float(v), 6) for c, v in zip(exp_cols, g["expression"])})
+                row.update(
+                    {c: round(float(v), 6) for c, v in zip(self.exp_columns, g["expression"])}
+                )
                 row["fit_rmse"] = round(float(g["fit_rmse"]), 4)
             else:
                 e = failed.get(i) or error_row(items[i], "predict", "no output for this frame")
