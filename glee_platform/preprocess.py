@@ -157,10 +157,16 @@ def _au_items(dataset: str, root: Path, split: str | None) -> tuple[list[dict], 
 
 
 def _fec_items(root: Path) -> tuple[list[dict], list[dict], list[dict]]:
-    """Unique faces of the train and test CSVs as items, and the triplets by face id."""
-    from glee.datasets.fec import face_key, read_fec, resolve_image
+    """Unique faces of the train and test CSVs as items, and the triplets by face id.
 
+    `root` is an FEC root as jobs/fetch_fec.py leaves it (the CSVs, images/, crops/,
+    dead_links.csv) or any folder with the CSVs whose URLs are local files."""
+    from glee.datasets.errors import DatasetError
+    from glee.datasets.fec import face_key, face_source, read_dead_links, read_fec
+
+    dead = read_dead_links(root)
     faces: dict[str, dict] = {}
+    missing: set[str] = set()  # face ids already reported as not on disk
     triplets: list[dict] = []
     skipped: list[dict] = []
     for split in ("train", "test"):
@@ -177,11 +183,12 @@ def _fec_items(root: Path) -> tuple[list[dict], list[dict], list[dict]]:
             for ref in t.anchor_positive_negative:
                 fid = face_key(ref)
                 ids.append(fid)
-                if fid in faces:
+                if fid in faces or fid in missing:
                     continue
                 try:
-                    path = resolve_image(ref.url, image_root=root)
-                except Exception as exc:  # noqa: BLE001
+                    src = face_source(ref, image_root=root, cache_dir=root, dead=dead)
+                except DatasetError as exc:
+                    missing.add(fid)
                     skipped.append(
                         error_row({"dataset": "fec", "image": ref.url}, "read", str(exc))
                     )
@@ -189,11 +196,12 @@ def _fec_items(root: Path) -> tuple[list[dict], list[dict], list[dict]]:
                 faces[fid] = {
                     "dataset": "fec",
                     "image_id": fid,
-                    "subject": Path(path).stem,  # landmarks.parquet keys FEC images by file stem
+                    # landmarks.parquet keys FEC images by the stem of the file read
+                    "subject": src.path.stem,
                     "task": "",
                     "frame": 0,
-                    "image": str(path),
-                    "box_norm": [ref.left, ref.right, ref.top, ref.bottom],
+                    "image": str(src.path),
+                    "box_norm": list(src.box_norm),
                 }
             triplets.append(
                 {

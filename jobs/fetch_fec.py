@@ -1,8 +1,10 @@
 """Download the FEC images and cut their face crops (resumable).
 
-    python jobs/fetch_fec.py --csv faceexp-comparison-data-train-public.csv --out data/fec_cache
+    python jobs/fetch_fec.py --csv faceexp-comparison-data-{train,test}-public.csv --out data/fec
+    python jobs/preprocess.py --dataset fec --root data/fec --out data/prep/fec
 
-Then read the triplets with `glee.datasets.fec.read_fec(csv, cache_dir=<out>)`.
+The CSVs are copied into --out, beside images/, crops/ and dead_links.csv, so --out is the
+FEC root preprocessing reads as it is.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from glee.datasets.fetch_fec import fetch_fec
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--csv", nargs="+", required=True, help="FEC CSV file(s)")
-    parser.add_argument("--out", required=True, help="cache folder (images/, crops/)")
+    parser.add_argument("--out", required=True, help="FEC root to write (CSVs, images/, crops/)")
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--retries", type=int, default=3, help="retries after the first try")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")

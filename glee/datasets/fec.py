@@ -11,7 +11,10 @@ keeps it with the smallest tied face index.
 
 Images: a URL is found (`resolve_image`) as a local path, a file:// URL, or in the
 `jobs/fetch_fec.py` cache: <cache>/images/<sha1(url)>.<ext> for the whole image and
-<cache>/crops/<face_key>.jpg for each face box.
+<cache>/crops/<face_key>.jpg for each face box. The fetcher copies the CSVs into the cache,
+so the cache is an FEC root that preprocessing reads as it is (`face_source`: the whole
+image and the face's box when on disk, else the fetched crop; a URL in the cache's
+dead_links.csv is reported as dead, with the fetcher's reason).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import csv
 import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
@@ -39,6 +43,7 @@ DEFAULT_MARGINS: dict[str, float] = {
     "THREE_CLASS_TRIPLET": 0.2,
 }
 CSV_NAME = "faceexp-comparison-data-{split}-public.csv"
+DEAD_LINKS = "dead_links.csv"  # url, reason, attempts: what jobs/fetch_fec.py could not get
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 
@@ -103,6 +108,51 @@ def resolve_image(
         f"FEC image {url} is not downloaded (looked in {[str(c) for c in candidates] or 'nowhere'}): "
         f"run `python jobs/fetch_fec.py --csv <csv> --out <cache>` and pass cache_dir=<cache>"
     )
+
+
+def read_dead_links(cache_dir: str | Path) -> dict[str, tuple[str, int]]:
+    """url -> (reason, attempts) from the fetcher's <cache>/dead_links.csv ({} if none)."""
+    path = Path(cache_dir) / DEAD_LINKS
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8") as f:
+        return {r["url"]: (r["reason"], int(r["attempts"])) for r in csv.DictReader(f)}
+
+
+@dataclass(frozen=True)
+class FaceSource:
+    """The file preprocessing reads for one FEC face, and where the face is in it."""
+
+    path: Path
+    box_norm: tuple[float, float, float, float]  # left, right, top, bottom in [0, 1]
+    whole_image: bool  # False: `path` is the fetched crop and the box is all of it
+
+
+def face_source(
+    face: FaceRef,
+    image_root: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    dead: Mapping[str, tuple[str, int]] | None = None,
+) -> FaceSource:
+    """The whole image and the face's box in it (the alignment sees the face's
+    surroundings), else the crop jobs/fetch_fec.py wrote (`--no-keep-images` keeps only
+    those); DatasetError if neither is on disk, naming the fetcher's reason for a URL in
+    `dead` (`read_dead_links(cache_dir)`)."""
+    try:
+        path = resolve_image(face.url, image_root, cache_dir)
+        return FaceSource(path, (face.left, face.right, face.top, face.bottom), True)
+    except DatasetError as missing:
+        crop = crop_path(face, cache_dir) if cache_dir is not None else None
+        if crop is not None and crop.is_file():
+            return FaceSource(crop, (0.0, 1.0, 0.0, 1.0), False)
+        if dead and face.url in dead:
+            reason, attempts = dead[face.url]
+            raise DatasetError(
+                f"FEC image {face.url} is a dead link ({reason}; {attempts} attempt(s), listed "
+                f"in {Path(cache_dir or '.') / DEAD_LINKS}): rerun jobs/fetch_fec.py "
+                f"--retry-dead to try again"
+            ) from None
+        raise missing
 
 
 def crop_box(face: FaceRef, height: int, width: int) -> tuple[int, int, int, int]:

@@ -8,7 +8,9 @@ completely, and writes, each file to a temporary name then renamed:
     <out>/images/<sha1(url)>.<ext>     the whole image (`fec.url_cache_name`)
     <out>/crops/<face_key>.jpg         each face box of the CSVs (`fec.face_key`)
     <out>/dead_links.csv               url, reason, attempts
+    <out>/faceexp-comparison-data-{train,test}-public.csv   the CSVs it read, copied
 
+so `<out>` is an FEC root `jobs/preprocess.py --dataset fec --root <out>` reads as it is.
 A rerun resumes: URLs whose crops all exist are not requested, a stored whole image is
 re-cropped without a request, and URLs in dead_links.csv are not retried unless
 `retry_dead`. file:// URLs and local paths are cropped from disk (no download).
@@ -17,7 +19,9 @@ re-cropped without a request, and URLs in dead_links.csv are not retried unless
 from __future__ import annotations
 
 import csv
+import filecmp
 import io
+import shutil
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -31,12 +35,20 @@ import requests
 from tqdm import tqdm
 
 from glee.datasets.errors import CorruptImageError, DatasetError
-from glee.datasets.fec import crop_face, crop_path, local_path, parse_fec_row, url_cache_name
+from glee.datasets.fec import (
+    CSV_NAME,
+    DEAD_LINKS,
+    crop_face,
+    crop_path,
+    local_path,
+    parse_fec_row,
+    read_dead_links,
+    url_cache_name,
+)
 from glee.datasets.images import decode_image
 from glee.datasets.records import FaceRef
-from glee.files import write_bytes_atomic
+from glee.files import atomic_path, write_bytes_atomic
 
-DEAD_LINKS = "dead_links.csv"
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 JPEG_QUALITY = 95
 USER_AGENT = "glee-platform-fec-fetcher/0.1"
@@ -56,6 +68,7 @@ class FetchSummary:
     crops_written: int = 0
     bad_rows: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    not_copied: list[str] = field(default_factory=list)  # CSVs without an FEC split name
 
     @property
     def dead_links(self) -> Path:
@@ -73,6 +86,12 @@ class FetchSummary:
             lines.append(f"  {self.bad_rows} malformed CSV rows ignored")
         for reason, n in sorted(self.reasons.items(), key=lambda kv: -kv[1])[:5]:
             lines.append(f"    {n:6d}  {reason}")
+        for name in self.not_copied:
+            lines.append(
+                f"  {name} is not named {CSV_NAME.format(split='train|test')}: not copied, "
+                f"so preprocessing {self.out} will not read it"
+            )
+        lines.append(f"  next: python jobs/preprocess.py --dataset fec --root {self.out} --out ...")
         return "\n".join(lines)
 
 
@@ -100,12 +119,22 @@ def collect_faces(csv_paths: Iterable[str | Path]) -> tuple[dict[str, set[FaceRe
     return faces, bad
 
 
-def read_dead_links(out: Path) -> dict[str, tuple[str, int]]:
-    path = out / DEAD_LINKS
-    if not path.is_file():
-        return {}
-    with open(path, newline="", encoding="utf-8") as f:
-        return {r["url"]: (r["reason"], int(r["attempts"])) for r in csv.DictReader(f)}
+def copy_csvs(csv_paths: Iterable[str | Path], out: Path) -> list[str]:
+    """Copy the CSVs named like FEC's own into `out` (atomically, when they differ), so
+    `out` is an FEC root; returns the names of the others, which are not copied."""
+    canonical = {CSV_NAME.format(split=s) for s in ("train", "test")}
+    others = []
+    for csv_path in csv_paths:
+        src = Path(csv_path).expanduser().resolve()
+        if src.name not in canonical:
+            others.append(src.name)
+            continue
+        dst = out / src.name
+        if dst.is_file() and (dst.samefile(src) or filecmp.cmp(src, dst, shallow=False)):
+            continue
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
+    return others
 
 
 def write_dead_links(out: Path, dead: dict[str, tuple[str, int]]) -> None:
@@ -223,6 +252,7 @@ def fetch_fec(
     dead = read_dead_links(out)
     summary = FetchSummary(out=out, urls=len(faces), bad_rows=bad)
     summary.faces = sum(len(v) for v in faces.values())
+    summary.not_copied = copy_csvs(csv_paths, out)
     todo = {}
     for url, boxes in faces.items():
         if url in dead and not retry_dead:

@@ -1,15 +1,20 @@
 import csv
 import importlib.util
-import threading
-from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from glee.datasets.fec import crop_path, load_face, read_fec, resolve_image
+from glee.datasets.errors import DatasetError
+from glee.datasets.fec import (
+    crop_path,
+    face_source,
+    load_face,
+    read_dead_links,
+    read_fec,
+    resolve_image,
+)
 from glee.datasets.fetch_fec import fetch_fec
 from glee.datasets.records import FaceRef
 
@@ -22,44 +27,17 @@ def encoded(ext: str, h: int, w: int, value: int) -> bytes:
 
 
 @pytest.fixture
-def server():
+def server(serve_files):
     good_jpg = encoded(".jpg", 100, 200, 120)
-    files = {
-        "/img/a.jpg": good_jpg,
-        "/img/b.png": encoded(".png", 60, 80, 40),
-        "/img/flaky.jpg": encoded(".jpg", 50, 50, 200),
-        "/img/trunc.jpg": good_jpg[: len(good_jpg) // 2],
-    }
-    hits: Counter = Counter()
-    lock = threading.Lock()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            with lock:
-                hits[self.path] += 1
-                first_flaky = self.path == "/img/flaky.jpg" and hits[self.path] == 1
-            body = files.get(self.path)
-            if body is None or first_flaky:
-                self.send_response(503 if first_flaky else 404)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", hits
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(5)
+    flaky = encoded(".jpg", 50, 50, 200)
+    return serve_files(
+        {
+            "/img/a.jpg": good_jpg,
+            "/img/b.png": encoded(".png", 60, 80, 40),
+            "/img/flaky.jpg": lambda n: (503, b"") if n == 1 else (200, flaky),
+            "/img/trunc.jpg": good_jpg[: len(good_jpg) // 2],
+        }
+    )
 
 
 def fec_row(urls_boxes, ttype="ONE_CLASS_TRIPLET", votes=(1, 1, 2)):
@@ -129,14 +107,24 @@ def test_fetch_download_crop_dead_links_and_resume(server, tmp_path: Path):
     third = fetch_fec(csv_path, out, progress=False)
     assert (third.reused, third.crops_written) == (1, 1) and sum(hits.values()) == before
 
-    # the fetched cache feeds the reader
+    # the fetched cache feeds the reader; with the CSV copied in, it is an FEC root
     index = read_fec(csv_path, cache_dir=out)
     assert len(index.triplets) == 1 and "image not on disk" in index.skipped[0].reason
+    assert (out / csv_path.name).read_bytes() == csv_path.read_bytes()
+    assert len(read_fec(out, split="test", cache_dir=out).triplets) == 1
+    dead_links = read_dead_links(out)
+    src = face_source(a2, image_root=out, cache_dir=out, dead=dead_links)
+    assert src.whole_image and src.box_norm == box2 and src.path.parent == out / "images"
+    resolve_image(a2.url, cache_dir=out).unlink()  # as if fetched with --no-keep-images
+    src = face_source(a2, image_root=out, cache_dir=out, dead=dead_links)
+    assert not src.whole_image and src.path == crop_path(a2, out)
+    assert src.box_norm == (0.0, 1.0, 0.0, 1.0)
+    missing = FaceRef(f"{base}/img/missing.jpg", *box1)
+    with pytest.raises(DatasetError, match=r"dead link \(HTTP 404; 1 attempt"):
+        face_source(missing, image_root=out, cache_dir=out, dead=dead_links)
 
 
 def test_bad_arguments(tmp_path: Path):
-    from glee.datasets.errors import DatasetError
-
     with pytest.raises(DatasetError, match="does not exist"):
         fetch_fec(tmp_path / "none.csv", tmp_path / "out", progress=False)
     with pytest.raises(DatasetError, match="workers"):
