@@ -21,6 +21,7 @@ import yaml
 
 from glee.datasets.records import AU_DATASETS
 from glee.datasets.registry import DATASETS
+from glee.face.fitting import DEFAULT_FIT_MODE, FIT_MODES
 from glee.face.landmarks import BACKENDS as LANDMARK_BACKENDS
 from glee.typed_config import ConfigError, at_least, choice, from_mapping, in_range, positive
 
@@ -39,6 +40,7 @@ class DataSection:
     raw: dict[str, str] = field(default_factory=dict)  # dataset -> raw root (real data)
     prep: str = ""  # preprocessed Parquet folder; "" -> <root>/prep
     landmarks: str = "auto"  # landmark backend of the preprocessing (glee.face.landmarks)
+    fit_mode: str = DEFAULT_FIT_MODE  # 3DMM fit of the preprocessing (glee.face.fitting)
     dataset: str = "bp4d"  # the AU dataset to finetune on
     max_rows: int = 0  # > 0: use at most this many rows per split (smoke runs)
 
@@ -47,6 +49,7 @@ class DataSection:
         choice("data.synthetic", self.synthetic, SYNTHETIC_PRESETS)
         at_least("data.max_rows", self.max_rows, 0)
         choice("data.landmarks", self.landmarks, LANDMARK_BACKENDS)
+        choice("data.fit_mode", self.fit_mode, FIT_MODES)
         for name in self.raw:
             choice("data.raw key", name, DATASETS)
 

@@ -63,6 +63,7 @@ FACE_SCHEMA = pa.schema(
         ("image", pa.binary()),
         ("landmarks", pa.list_(pa.float32(), 136)),  # in the aligned face
         ("image_landmarks", pa.list_(pa.float32(), 136)),  # in the input image, as found
+        ("camera", pa.list_(pa.float32(), 3)),  # focal, cx, cy (px) the fit projected with
         ("pose", pa.list_(pa.float32(), 6)),
         ("shape", pa.list_(pa.float32())),
         ("expression", pa.list_(pa.float32())),
@@ -77,6 +78,7 @@ FEC_IMAGE_SCHEMA = pa.schema(
         ("image", pa.binary()),
         ("landmarks", pa.list_(pa.float32(), 136)),  # in the aligned face
         ("image_landmarks", pa.list_(pa.float32(), 136)),  # in the input image, as found
+        ("camera", pa.list_(pa.float32(), 3)),  # focal, cx, cy (px) the fit projected with
         ("pose", pa.list_(pa.float32(), 6)),
         ("shape", pa.list_(pa.float32())),
         ("expression", pa.list_(pa.float32())),
@@ -411,10 +413,189 @@ def preprocess_dataset(
             gc.collect()
         assert len(results) == len(todo), "every shard reports once"
 
+    if cfg.fit_mode == "subject" and table == "faces":
+        fit_subjects(out, [s["shard"] for s in shards], cfg, num_cpus, progress)
     summary = _finish(dataset, out, table, shards, read_errors, triplets, cfg, root, split)
     summary.shards_run = len(todo)
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+# -- one shape per subject: two more passes over the written shards --------------------------
+SHAPES_FILE = "shapes.parquet"
+SHAPE_SCHEMA = pa.schema(
+    [
+        ("subject", pa.string()),
+        ("shape", pa.list_(pa.float32())),  # f_s
+        ("reg_expression", pa.float64()),  # the f_exp prior of the subject's frames
+        ("noise_px", pa.float64()),  # landmark noise the shape pass measured (px, RMS)
+    ]
+)
+FIT_KEY = b"glee.fit"  # a faces shard's Parquet metadata: the fit its rows hold
+
+
+def _fit_tag(path: Path) -> str:
+    meta = pq.read_schema(path).metadata or {}
+    return meta.get(FIT_KEY, b"").decode()
+
+
+def _shapes_tag(shards: list[str]) -> str:
+    """Names the shape pass's input: the shard ids, which hash their frames."""
+    digest = hashlib.sha1("\n".join(sorted(shards)).encode(), usedforsecurity=False)
+    return "subject:" + digest.hexdigest()[:12]
+
+
+class SubjectShape:
+    """Ray Data `map_groups` function: one subject's frames -> its f_s (the shape pass)."""
+
+    def __init__(self, cfg: dict):
+        self.cfg = PreprocessConfig(**cfg)
+        self.model = load_morphable_model(self.cfg.model_path)
+
+    def __call__(self, group: pd.DataFrame) -> pd.DataFrame:
+        from glee.face.fitting import FIT_PRIORS, estimate_shape
+
+        group = group.sort_values(["task", "frame"], kind="stable")
+        reg_shape, reg_expression = FIT_PRIORS["subject"]
+        est = estimate_shape(
+            self.model,
+            np.stack(group["image_landmarks"].to_numpy()).reshape(-1, 68, 2),
+            np.stack(group["camera"].to_numpy()).astype(np.float64),
+            reg_shape=reg_shape,
+            reg_expression=reg_expression,
+        )
+        return pd.DataFrame(
+            {
+                "subject": [group["subject"].iloc[0]],
+                "shape": [est.shape.tolist()],
+                "reg_expression": [est.reg_expression],
+                "noise_px": [est.noise_px],
+            }
+        )
+
+
+class SubjectRefit:
+    """Ray Data actor: refits a shard's frames with their subject's shape fixed and rewrites
+    the shard (the per-frame pass). Frames whose refit diverges move to the shard's errors."""
+
+    def __init__(self, cfg: dict, out: str, shapes: list[dict], tag: str):
+        self.cfg = PreprocessConfig(**cfg)
+        self.model = load_morphable_model(self.cfg.model_path)
+        self.out, self.tag = Path(out), tag
+        self.shapes = {r["subject"]: r for r in shapes}
+
+    def __call__(self, batch: dict) -> dict:
+        for shard in batch["shard"]:
+            refit_shard(self.out, str(shard), self.model, self.shapes, self.cfg, self.tag)
+        return {"shard": list(batch["shard"])}
+
+
+def refit_shard(
+    out: Path,
+    shard: str,
+    model: Any,
+    shapes: dict[str, dict],
+    cfg: PreprocessConfig,
+    tag: str,
+) -> None:
+    """Pose and f_exp of every row of one faces shard with its subject's f_s fixed (`shapes`:
+    subject -> its shapes.parquet row)
+    (`glee.face.fitting.fit_with_shape`), written back atomically with `tag` in the file's
+    metadata (errors first, faces last, as `write_shard`)."""
+    from glee.face.fitting import fit_with_shape
+
+    path = out / "faces" / f"part-{shard}.parquet"
+    table = pq.read_table(path)
+    if table.num_rows == 0:
+        write_parquet_atomic(path, table.replace_schema_metadata({FIT_KEY: tag.encode()}))
+        return
+    rows = table.to_pylist()
+    subject = rows[0]["subject"]
+    lms = np.array([r["image_landmarks"] for r in rows], np.float64).reshape(-1, 68, 2)
+    cams = np.array([r["camera"] for r in rows], np.float64)
+    known = shapes[subject]
+    fit = fit_with_shape(
+        model, np.asarray(known["shape"]), lms, cams, reg_expression=known["reg_expression"]
+    )
+    kept, errors = [], []
+    for j, row in enumerate(rows):
+        rmse = float(fit.rmse[j])
+        if not np.isfinite(rmse) or rmse > cfg.max_fit_rmse:
+            item = {**row, "image": f"frame {row['frame']} of {row['subject']}/{row['task']}"}
+            reason = f"subject fit diverged: landmark RMSE {rmse:.2f} px > {cfg.max_fit_rmse} px"
+            errors.append(error_row(item, "fit", reason))
+            continue
+        row.update(
+            pose=fit.pose[j].astype(np.float32).tolist(),
+            shape=fit.shape[j].astype(np.float32).tolist(),
+            expression=fit.expression[j].astype(np.float32).tolist(),
+            fit_rmse=rmse,
+        )
+        kept.append(row)
+    err_path = out / "errors" / f"{shard}.parquet"
+    old_errors = pq.read_table(err_path)
+    new_errors = pa.Table.from_pylist(errors, schema=ERROR_SCHEMA)
+    write_parquet_atomic(err_path, pa.concat_tables([old_errors, new_errors]))
+    faces = pa.Table.from_pylist(kept, schema=FACE_SCHEMA)
+    write_parquet_atomic(path, faces.replace_schema_metadata({FIT_KEY: tag.encode()}))
+
+
+def fit_subjects(
+    out: Path, shards: list[str], cfg: PreprocessConfig, num_cpus: int | None, progress: bool
+) -> None:
+    """One f_s per subject, then every frame refitted with it (fit mode "subject").
+
+    Shape pass: the faces table's landmarks and cameras, grouped by subject in Ray Data
+    (`groupby("subject").map_groups`), one `estimate_shape` per subject, written to
+    shapes.parquet. Per-frame pass: the shards in parallel on an actor pool
+    (`SubjectRefit`). Resumable: shapes.parquet is reused while it names the same shards,
+    and a shard whose metadata says it holds this subject fit is not fitted again.
+    """
+    tag = _shapes_tag(shards)
+    files = {s: out / "faces" / f"part-{s}.parquet" for s in shards}
+    todo = [s for s in shards if _fit_tag(files[s]) != tag]
+    if not todo:
+        return
+    ensure_ray(num_cpus)
+    from ray.data import ActorPoolStrategy, DataContext
+
+    DataContext.get_current().enable_progress_bars = progress
+    shapes_path = out / SHAPES_FILE
+    if shapes_path.is_file() and _fit_tag(shapes_path) == tag:
+        shapes_table = pq.read_table(shapes_path)
+    else:
+        say(f"[glee] fit: one shape per subject from {len(shards)} shards")
+        columns = ["subject", "task", "frame", "image_landmarks", "camera"]
+        ds = ray.data.read_parquet([str(files[s]) for s in shards], columns=columns)
+        shapes_ds = ds.groupby("subject").map_groups(
+            SubjectShape,
+            fn_constructor_kwargs={"cfg": cfg.to_dict()},
+            batch_format="pandas",
+            compute=ActorPoolStrategy(min_size=1, max_size=_pool_size(num_cpus)),
+            num_cpus=1,
+        )
+        rows = sorted(shapes_ds.take_all(), key=lambda r: r["subject"])
+        del shapes_ds, ds
+        rows = [{**r, "shape": [float(v) for v in r["shape"]]} for r in rows]
+        shapes_table = pa.Table.from_pylist(rows, schema=SHAPE_SCHEMA)
+        shapes_table = shapes_table.replace_schema_metadata({FIT_KEY: tag.encode()})
+        write_parquet_atomic(shapes_path, shapes_table)
+    shapes = shapes_table.to_pylist()
+    pool = _pool_size(num_cpus)
+    refit = ray.data.from_items([{"shard": s} for s in todo], override_num_blocks=len(todo))
+    refit = refit.map_batches(
+        SubjectRefit,
+        fn_constructor_kwargs={"cfg": cfg.to_dict(), "out": str(out), "shapes": shapes, "tag": tag},
+        batch_size=_shards_per_call(len(todo), pool),
+        compute=ActorPoolStrategy(min_size=1, max_size=min(pool, len(todo))),
+        num_cpus=1,
+    )
+    try:
+        done = refit.take_all()
+    finally:
+        del refit
+        gc.collect()
+    assert len(done) == len(todo), "every shard reports once"
 
 
 def split_triplets(triplets: list[dict], ok_ids: set[str]) -> tuple[list[dict], list[dict]]:
@@ -505,6 +686,15 @@ def _finish(
         "folds": dict(sorted(subject_folds.items())),
         "expression_names": load_morphable_model(cfg.model_path).expression_names,
         "shards": sorted(s["shard"] for s in shards),
+    }
+    from glee.face.fitting import FIT_PRIORS
+
+    # FEC's faces are of people it does not name: no subject to share a shape with.
+    applied = cfg.fit_mode if table == "faces" else cfg.first_fit_mode
+    manifest["fit"] = {
+        "mode": applied,
+        "reg_shape": FIT_PRIORS[applied][0],
+        "reg_expression": FIT_PRIORS[applied][1],
     }
     if table == "images":
         manifest["triplets_kept"] = pq.read_metadata(out / "triplets.parquet").num_rows

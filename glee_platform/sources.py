@@ -22,7 +22,11 @@ from glee_platform.config import ConfigError, ExperimentConfig
 from glee_platform.prepared import dataset_dir, is_preprocessed, read_manifest
 
 # manifest["config"] keys that decide what a preprocessed folder holds
-MATCHED_SETTINGS = ("landmarks", "align_size", "image_format", "jpeg_quality", "model_path")
+MATCHED_SETTINGS = (
+    "landmarks", "align_size", "image_format", "jpeg_quality", "model_path", "fit_mode",
+)  # fmt: skip
+# what a manifest written before a setting existed was made with
+MADE_BEFORE = {"fit_mode": "frame"}
 
 
 def needed_datasets(cfg: ExperimentConfig) -> list[str]:
@@ -57,10 +61,10 @@ def _mismatch(
 ) -> str | None:
     """Why a preprocessed folder does not hold what the config asks for (`wanted()`, the
     settings); None if it does."""
-    made = manifest.get("config", {})
+    made = {**MADE_BEFORE, **manifest.get("config", {})}
     if made.get("root") and Path(made["root"]).resolve() != root:
         return f"it was made from {made['root']}, not {root}"
-    if not any(key in made for key in MATCHED_SETTINGS):
+    if not any(key in manifest.get("config", {}) for key in MATCHED_SETTINGS):
         return None
     settings = wanted()
     for key in MATCHED_SETTINGS:
@@ -72,6 +76,7 @@ def _mismatch(
 def ensure_preprocessed(cfg: ExperimentConfig, datasets: list[str], *, force: bool = False) -> None:
     """Preprocess every needed dataset whose Parquet folder is absent (or, with `force`,
     that was made otherwise); refuse to reuse one that was made from other inputs."""
+    from glee.face.pipeline import PreprocessConfig
     from glee_platform.preprocess import preprocess_dataset, resolve_landmarks
 
     settings: dict[str, str] = {}
@@ -79,6 +84,7 @@ def ensure_preprocessed(cfg: ExperimentConfig, datasets: list[str], *, force: bo
     def wanted() -> dict[str, str]:  # resolved on first need: 'auto' may probe a URL
         if not settings:
             settings["landmarks"] = resolve_landmarks(cfg.data.landmarks)
+            settings["fit_mode"] = cfg.data.fit_mode
         return settings
 
     for name in datasets:
@@ -102,7 +108,9 @@ def ensure_preprocessed(cfg: ExperimentConfig, datasets: list[str], *, force: bo
         if name not in cfg.data.raw:
             _write_synthetic(cfg, name)
         print(f"[glee] preprocessing {name}: {root} -> {out}")
-        summary = preprocess_dataset(name, root, out, landmarks=wanted()["landmarks"])
+        made = wanted()
+        config = PreprocessConfig(landmarks=made["landmarks"], fit_mode=made["fit_mode"])
+        summary = preprocess_dataset(name, root, out, config=config)
         print(f"[glee] {name}: {summary.line()}")
 
 

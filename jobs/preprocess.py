@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from glee.datasets.registry import DATASETS
+from glee.face.fitting import DEFAULT_FIT_MODE, FIT_MODES
 from glee.face.pipeline import IMAGE_FORMATS, LANDMARK_BACKENDS
 from glee_platform import cli
 
@@ -26,6 +27,14 @@ def main(argv: list[str] | None = None) -> int:
         help="auto (default): fan when its weights are on disk or downloadable, else dlib; "
         "provided: the dataset's landmarks.parquet",
     )
+    ap.add_argument(
+        "--fit-mode",
+        default=DEFAULT_FIT_MODE,
+        choices=FIT_MODES,
+        help=f"3DMM fit (default {DEFAULT_FIT_MODE}): subject = one face shape per subject, "
+        "frame = each frame alone as in the paper, photo = each image alone with "
+        "single-image priors (docs/BENCHMARKS.md, fit accuracy)",
+    )
     ap.add_argument("--num-cpus", type=int, default=None, help="actors (default: all CPUs)")
     ap.add_argument("--split", default=None, help="split name or file (default: the standard)")
     ap.add_argument("--shard-size", type=int, default=32, help="frames per Parquet shard")
@@ -40,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             cfg = PreprocessConfig(
-                landmarks=args.landmarks, image_format=args.image_format, model_path=args.model
+                landmarks=args.landmarks,
+                image_format=args.image_format,
+                model_path=args.model,
+                fit_mode=args.fit_mode,
             )
         except ValueError as err:
             raise PreprocessError(str(err)) from None

@@ -131,6 +131,21 @@ class MorphableModel:
             contours=dict(self.contours),
         )
 
+    def with_shape(self, shape: np.ndarray) -> MorphableModel:
+        """This model with its identity fixed: mean M0 + S f_s and a zero shape basis, so a
+        fit moves only the pose and the blendshapes (`glee.face.fitting.fit_subject`)."""
+        shape = np.asarray(shape, np.float32).reshape(self.num_shape)
+        return MorphableModel(
+            mean=self.mean + np.tensordot(shape, self.shape_basis, axes=(0, 0)),
+            shape_basis=np.zeros_like(self.shape_basis),
+            expression_basis=self.expression_basis,
+            expression_names=self.expression_names,
+            landmark_index=self.landmark_index,
+            contours=dict(self.contours),
+            point_names=self.point_names,
+            triangles=self.triangles,
+        )
+
     # -- files -------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write the documented .npz format atomically."""

@@ -20,7 +20,7 @@ import numpy as np
 
 from glee.face.alignment import align_face
 from glee.face.camera import Camera
-from glee.face.fitting import fit_landmarks
+from glee.face.fitting import DEFAULT_FIT_MODE, FIT_MODES, fit_frames
 from glee.face.landmarks import BACKENDS, make_landmark_backend
 from glee.face.morphable_model import MorphableModel
 
@@ -38,6 +38,16 @@ class PreprocessConfig:
     max_fit_rmse: float = 8.0  # px in the input image; a fit worse than this has diverged
     model_path: str | None = None  # MorphableModel .npz; None = the built-in default model
     device: str | None = None  # None = cuda if available, else cpu (fan backend only)
+    # glee.face.fitting.FIT_MODES: "subject" shares one f_s per subject (a second and third
+    # pass over the written shards, glee_platform.preprocess), "frame" is Sec. III-C as
+    # the paper states it, "photo" fits each image alone with the single-image priors.
+    fit_mode: str = DEFAULT_FIT_MODE
+
+    @property
+    def first_fit_mode(self) -> str:
+        """The mode `FacePreprocessor.process` fits each frame in: a subject's frames are
+        fitted one by one (single-image priors) until the subject's shape is known."""
+        return "photo" if self.fit_mode == "subject" else self.fit_mode
 
     def __post_init__(self) -> None:
         if self.landmarks not in LANDMARK_BACKENDS:
@@ -54,6 +64,8 @@ class PreprocessConfig:
             raise ValueError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
         if self.max_fit_rmse <= 0:
             raise ValueError(f"max_fit_rmse must be positive, got {self.max_fit_rmse}")
+        if self.fit_mode not in FIT_MODES:
+            raise ValueError(f"fit_mode must be one of {list(FIT_MODES)}, got {self.fit_mode!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -203,7 +215,8 @@ class FacePreprocessor:
 
         # Sec. III-C: one batched Levenberg-Marquardt fit over every face of the batch.
         cams = [Camera.for_image(img.shape[1], img.shape[0]) for _, img, _ in staged]
-        fit = fit_landmarks(self.model, np.stack([lm for _, _, lm in staged]), cams)
+        lms_all = np.stack([lm for _, _, lm in staged])
+        fit = fit_frames(self.model, lms_all, cams, mode=self.cfg.first_fit_mode)
         rows: list[dict] = []
         for j, (item, image, lms) in enumerate(staged):
             rmse = float(fit.rmse[j])
@@ -227,6 +240,7 @@ class FacePreprocessor:
                 image=encoded,
                 landmarks=np.asarray(aligned.landmarks, np.float32).reshape(-1).tolist(),
                 image_landmarks=lms.astype(np.float32).reshape(-1).tolist(),
+                camera=[cams[j].focal, cams[j].cx, cams[j].cy],
                 pose=fit.pose[j].astype(np.float32).tolist(),
                 shape=fit.shape[j].astype(np.float32).tolist(),
                 expression=fit.expression[j].astype(np.float32).tolist(),

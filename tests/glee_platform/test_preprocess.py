@@ -244,3 +244,72 @@ def test_splitting_the_full_fec_triplet_set_is_linear():
         failed[[int(t[k][3:]) for k in ("anchor", "positive", "negative")]].any()
         for t in lost[:100]
     )
+
+
+def test_the_grouped_subject_pass_writes_what_fitting_in_one_process_gives(prepped):
+    """The default fit mode: one shape per subject from Ray Data's groupby, then every
+    shard refitted in parallel with it. The same fits, computed here in one process from
+    the faces table's own landmarks and cameras, match the rows written."""
+    from glee.face.fitting import FIT_PRIORS, estimate_shape, fit_with_shape
+    from glee.face.pipeline import load_morphable_model
+
+    out = prepped["bp4d"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["fit_mode"] == manifest["fit"]["mode"] == "subject"
+    faces = _faces(out).sort_values(["subject", "task", "frame"], ignore_index=True)
+    shapes = pq.read_table(out / "shapes.parquet").to_pandas().set_index("subject")
+    assert sorted(shapes.index) == sorted(faces.subject.unique())
+    errors = pq.read_table(out / "errors.parquet").to_pandas()
+    assert not errors.reason.str.contains("subject fit diverged").any()
+    model = load_morphable_model(None)
+    reg_shape, reg_expression = FIT_PRIORS["subject"]
+    for subject, rows in faces.groupby("subject"):
+        lms = np.stack(rows.image_landmarks.to_numpy()).reshape(-1, 68, 2).astype(np.float64)
+        cams = np.stack(rows.camera.to_numpy()).astype(np.float64)
+        est = estimate_shape(model, lms, cams, reg_shape=reg_shape, reg_expression=reg_expression)
+        written = np.asarray(shapes.loc[subject, "shape"])
+        np.testing.assert_allclose(written, est.shape, atol=1e-5)
+        assert shapes.loc[subject, "reg_expression"] == pytest.approx(est.reg_expression)
+        # every frame of the subject holds that shape
+        np.testing.assert_allclose(
+            np.stack(rows["shape"].to_numpy()), np.tile(written, (len(rows), 1)), atol=1e-6
+        )
+        fit = fit_with_shape(model, written, lms, cams, reg_expression=est.reg_expression)
+        np.testing.assert_allclose(np.stack(rows.expression.to_numpy()), fit.expression, atol=1e-4)
+        np.testing.assert_allclose(np.stack(rows.pose.to_numpy()), fit.pose, atol=1e-4)
+
+
+def test_an_interrupted_subject_pass_refits_only_the_shards_it_had_not(
+    prepped, tiny_world, ray_session, tmp_path
+):
+    """A shard rewritten by the first pass alone (as after a crash between the passes)
+    carries no subject-fit tag: a rerun refits that shard only, to the same rows."""
+    from glee_platform.preprocess import FIT_KEY
+
+    out = tmp_path / "bp4d"
+    shutil.copytree(prepped["bp4d"], out)
+    files = sorted((out / "faces").glob("part-*.parquet"))
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+    victim = files[0]
+    before = pq.read_table(victim)
+    assert (before.schema.metadata or {}).get(FIT_KEY, b"").startswith(b"subject:")
+    import pyarrow as pa
+
+    scrambled = before.set_column(
+        before.schema.get_field_index("expression"),
+        "expression",
+        pa.array(
+            [[0.0] * len(e) for e in before["expression"].to_pylist()],
+            before.schema.field("expression").type,
+        ),
+    ).replace_schema_metadata(None)
+    pq.write_table(scrambled, victim)
+    summary = preprocess_dataset("bp4d", tiny_world["bp4d"], out, progress=False, landmarks=EXACT)
+    assert summary.shards_run == 0  # the first pass had nothing to do
+    after = pq.read_table(victim)
+    np.testing.assert_allclose(
+        np.stack(after["expression"].to_numpy(zero_copy_only=False)),
+        np.stack(before["expression"].to_numpy(zero_copy_only=False)),
+        atol=1e-6,
+    )
+    assert [f for f in files if f.stat().st_mtime_ns != stamps[f]] == [victim]
