@@ -246,7 +246,9 @@ def predict_files(
         PredictWorker,
         fn_constructor_kwargs={"predictor": predictor, "threads": cpus_per_actor},
         batch_size=1,
-        compute=ActorPoolStrategy(min_size=1, max_size=size),
+        # every actor from the start: a pool grown from one adds the second only once the
+        # first has loaded its models and queued work piles up (session 9: 8 s into 10)
+        compute=ActorPoolStrategy(size=size),
         num_cpus=cpus_per_actor,
     )
     rows: dict[str, list[dict]] = defaultdict(list)
