@@ -7,8 +7,16 @@ finetuned GLEE-Net once). Rows come back as they finish (a progress bar counts f
 each input's CSV is written, atomically, once all its frames are in.
 
 Output in `out`: `<input stem>.csv` per input (frame, face_id, timestamp, confidence,
-success, AUxx_c, AUxx_p; one row per frame, success 0 where no face was found) and
-`errors.csv` (input, frame, image, stage, reason) for every frame with success 0.
+success, AUxx_c, AUxx_p; one row per face per frame, one row with success 0 for a frame
+where no face was found) and `errors.csv` (input, frame, image, stage, reason) for every
+row with success 0.
+
+Face ids are given on the driver, not in the workers (`face_ids`): a worker sees one chunk
+of a video and returns each face's box and landmarks; once every chunk is back, the
+driver walks the input's faces in frame order and tracks them
+(`glee.prediction.tracking.assign_face_ids`), so an id stays with its face across chunk
+boundaries, and chunks still spread over every actor. The workers' own following of
+faces between detections (`detect_every`) restarts at each chunk with a full detection.
 """
 
 from __future__ import annotations
@@ -22,11 +30,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from glee.datasets.records import DATASET_AUS, au_names
 from glee.files import write_json_atomic, write_text_atomic
 from glee.prediction.predictor import (
+    DETECT_EVERY,
     LANDMARK_SOURCES,
     Frame,
     FramePredictor,
@@ -34,6 +44,7 @@ from glee.prediction.predictor import (
     csv_columns,
     list_frames,
 )
+from glee.prediction.tracking import Face, assign_face_ids
 from glee_platform.run_folder import fold_checkpoint, load_run_config
 from glee_platform.session import say
 
@@ -45,16 +56,17 @@ class PredictSummary:
     out: Path
     csvs: dict[str, Path]  # input -> its CSV
     frames: int
-    faces: int  # frames with success 1
+    faces: int  # rows with success 1: faces predicted, over all frames
     landmarks: str
     seconds: float
     errors: Path = field(default_factory=Path)
+    frames_with_face: int = 0  # frames with at least one row of success 1
 
     def line(self) -> str:
         return (
-            f"{self.frames} frames of {len(self.csvs)} input(s): {self.faces} with a face, "
-            f"{self.frames - self.faces} without (see {self.errors}); landmarks "
-            f"{self.landmarks}; CSVs in {self.out}"
+            f"{self.frames} frames of {len(self.csvs)} input(s): {self.faces} faces in "
+            f"{self.frames_with_face} frames, {self.frames - self.frames_with_face} frames "
+            f"without one (see {self.errors}); landmarks {self.landmarks}; CSVs in {self.out}"
         )
 
 
@@ -102,11 +114,37 @@ class PredictWorker:
         for chunk in batch["frames"]:
             frames = [Frame(**f) for f in json.loads(chunk)]
             r, e = self.predictor.predict(frames)
-            for frame, row in zip(frames, r):
-                row["_input"] = frame.input
+            for row in r:  # a chunk holds frames of one input (_chunks)
+                row["_input"] = frames[0].input
             rows.append(json.dumps(r))
             errors.append(json.dumps(e))
         return {"rows": rows, "errors": errors}
+
+
+def face_ids(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One input's rows, in frame order and with tracked face ids (see the module's
+    docstring), without the workers' private `_box`. A row without a box (a frame with no
+    face) keeps face_id 0."""
+    rows = sorted(rows, key=lambda r: (r["frame"], r["face_id"]))
+    by_frame: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r.get("_box") is not None:
+            by_frame[r["frame"]].append(r)
+    sequence = [(n, [_face(r) for r in by_frame[n]]) for n in sorted(by_frame)]
+    for (n, _), ids in zip(sequence, assign_face_ids(sequence)):
+        for r, face_id in zip(by_frame[n], ids):
+            r["face_id"] = face_id
+    for r in rows:
+        r.pop("_box", None)
+    return sorted(rows, key=lambda r: (r["frame"], r["face_id"]))
+
+
+def _face(row: dict[str, Any]) -> Face:
+    """A row's face for the tracker: its box, and its landmarks where it has them."""
+    lms = None
+    if row["success"] == 1:
+        lms = np.array([[row[f"x_{k}"], row[f"y_{k}"]] for k in range(68)], np.float64)
+    return Face(np.asarray(row["_box"], np.float64), lms)
 
 
 def _chunks(frames: list[Frame], size: int) -> list[dict[str, str]]:
@@ -129,8 +167,12 @@ def predict_files(
     num_actors: int | None = None,
     cpus_per_actor: int = 1,
     progress: bool = True,
+    max_faces: int | None = None,
+    detect_every: int = DETECT_EVERY,
 ) -> PredictSummary:
-    """Predict AUs for every frame of `inputs` with fold `fold`'s model of `run_dir`."""
+    """Predict AUs for every face of every frame of `inputs` with fold `fold`'s model of
+    `run_dir`; `max_faces` keeps the N largest faces of a frame (None: all), and
+    `detect_every` is the video frames per full face detection (FramePredictor)."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
     from tqdm import tqdm
@@ -142,6 +184,10 @@ def predict_files(
         raise PredictInputError("no input given: name image files, folders or videos")
     if chunk_frames < 1:
         raise PredictInputError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    if max_faces is not None and max_faces < 1:
+        raise PredictInputError(f"max_faces must be >= 1, got {max_faces}")
+    if detect_every < 1:
+        raise PredictInputError(f"detect_every must be >= 1, got {detect_every}")
     source = resolve_landmarks(landmarks)
     # Fail fast on the driver, in one line, for what every actor would fail on.
     from glee.face.landmarks import FanLandmarks, ProvidedLandmarks
@@ -190,6 +236,8 @@ def predict_files(
         "au_names": names,
         "landmarks": source,
         "landmarks_file": str(landmarks_file) if landmarks_file else None,
+        "max_faces": max_faces,
+        "detect_every": detect_every,
     }
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, cpus_per_actor))
     size = max(1, min(num_actors or cpus, len(chunks)))
@@ -198,7 +246,9 @@ def predict_files(
         PredictWorker,
         fn_constructor_kwargs={"predictor": predictor, "threads": cpus_per_actor},
         batch_size=1,
-        compute=ActorPoolStrategy(min_size=1, max_size=size),
+        # every actor from the start: a pool grown from one adds the second only once the
+        # first has loaded its models and queued work piles up (session 9: 8 s into 10)
+        compute=ActorPoolStrategy(size=size),
         num_cpus=cpus_per_actor,
     )
     rows: dict[str, list[dict]] = defaultdict(list)
@@ -211,7 +261,7 @@ def predict_files(
                     for r in chunk_rows:
                         rows[r.pop("_input")].append(r)
                     errors.extend(json.loads(e_json))
-                    bar.update(len(chunk_rows))
+                    bar.update(len({r["frame"] for r in chunk_rows}))  # a chunk: one input
     finally:
         del pipeline  # release the actor pool's CPUs now (see glee_platform.preprocess)
         gc.collect()
@@ -219,13 +269,16 @@ def predict_files(
     out_dir = Path(out).expanduser().resolve()
     columns = csv_columns(names)
     csvs: dict[str, Path] = {}
-    faces = 0
+    faces = with_face = 0
     for key, frames in per_input.items():
-        got = sorted(rows.get(key, []), key=lambda r: r["frame"])
-        if [r["frame"] for r in got] != [f.frame for f in frames]:
-            raise RuntimeError(f"{key}: {len(got)} rows came back for {len(frames)} frames")
+        got = face_ids(rows.get(key, []))
+        if sorted({r["frame"] for r in got}) != [f.frame for f in frames]:
+            raise RuntimeError(
+                f"{key}: rows of {len(got)} faces came back for {len(frames)} frames"
+            )
         df = pd.DataFrame(got, columns=columns)
         faces += int(df["success"].sum())
+        with_face += int(df.loc[df["success"] == 1, "frame"].nunique())
         csvs[key] = write_text_atomic(
             out_dir / f"{frames[0].subject}.csv", df.to_csv(index=False, float_format="%.6g")
         )
@@ -234,7 +287,7 @@ def predict_files(
         pd.DataFrame(errors, columns=ERROR_COLUMNS).to_csv(index=False),
     )
     summary = PredictSummary(
-        out_dir, csvs, total, faces, source, time.perf_counter() - t0, err_path
+        out_dir, csvs, total, faces, source, time.perf_counter() - t0, err_path, with_face
     )
     record = {
         "run": str(Path(run_dir).expanduser().resolve()),
@@ -243,6 +296,9 @@ def predict_files(
         "inputs": {k: str(p) for k, p in csvs.items()},
         "frames": total,
         "faces": faces,
+        "frames_with_face": with_face,
+        "max_faces": max_faces,
+        "detect_every": detect_every,
         "seconds": round(summary.seconds, 2),
     }
     write_json_atomic(out_dir / "predict.json", record)  # what ran, for the record

@@ -31,6 +31,19 @@ def main(argv: list[str] | None = None) -> int:
         help="for --landmarks provided: subject (input stem), task (empty), frame (1-based), "
         "x0..x67, y0..y67",
     )
+    parser.add_argument(
+        "--max-faces",
+        type=int,
+        default=None,
+        help="keep the N largest faces of each frame (default: every face)",
+    )
+    parser.add_argument(
+        "--detect-every",
+        type=int,
+        default=None,
+        help="video frames per full MTCNN detection, the faces followed by MTCNN's O-Net "
+        "between (default 10; 1: detect every frame)",
+    )
     parser.add_argument("--chunk-frames", type=int, default=32, help="frames per Ray task")
     parser.add_argument("--num-actors", type=int, default=None, help="default: one per CPU")
     parser.add_argument("--no-progress", action="store_true")
@@ -52,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                 chunk_frames=args.chunk_frames,
                 num_actors=args.num_actors,
                 progress=not args.no_progress,
+                max_faces=args.max_faces,
+                **({} if args.detect_every is None else {"detect_every": args.detect_every}),
             )
             say(summary.line())
         return 0

@@ -3,9 +3,12 @@
 An input becomes frames (`list_frames`): an image is one frame, a folder its images in
 name order, a video every frame. `FramePredictor` runs a batch of frames through the same
 preprocessing as the datasets (`glee.face.pipeline.FacePreprocessor`: landmarks, JAA-Net
-alignment, 3DMM fit), then a finetuned GLEE-Net (`glee.model.inference.infer`). Every frame
-gives exactly one row; a frame with no face (or one that fails a stage) is a row with
-success 0 and an error record naming the stage and the reason.
+alignment, 3DMM fit), then a finetuned GLEE-Net (`glee.model.inference.infer`). Every face
+of a frame gives a row (MTCNN finds them; `max_faces` keeps the largest); a frame with no
+face, and a face that fails a stage, is a row with success 0 and an error record naming
+the stage and the reason. Within a video, faces are followed from frame to frame between
+full detections (`FramePredictor.find_faces`); `glee.prediction.tracking` gives them ids that
+stay with each face.
 
 Rows follow OpenFace's CSV: frame (1-based), face_id, timestamp (s), confidence, success,
 pose_Tx/Ty/Tz (mm) and pose_Rx/Ry/Rz (radians, R = Rx Ry Rz) of the fitted head, x_0..x_67
@@ -39,6 +42,7 @@ import numpy as np
 import torch
 
 from glee.datasets.images import VIDEO_SUFFIXES, decode_images, video_ref
+from glee.face.detection import Detection, box_iou
 from glee.face.five_point import FivePointLandmarks
 from glee.face.landmarks import make_landmark_backend
 from glee.face.pipeline import FacePreprocessor, PreprocessConfig, error_row, read_frames
@@ -50,6 +54,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LANDMARK_SOURCES = ("fan", "dlib", "mtcnn5", "provided")
 BASE_COLUMNS = ("frame", "face_id", "timestamp", "confidence", "success")
 DEFAULT_FPS = 30.0  # OpenFace's frame rate for image sequences
+DETECT_EVERY = 10  # video frames per full MTCNN detection; O-Net follows the faces between
 
 
 class PredictInputError(ValueError):
@@ -181,7 +186,12 @@ def list_frames(path: str | os.PathLike) -> list[Frame]:
 
 class FramePredictor:
     """Loads the landmarks, detector, morphable model and GLEE-Net once; `predict(frames)`
-    returns one OpenFace row per frame (same order) and the error records."""
+    returns the OpenFace rows of every face of every frame (frame order) and the error
+    records.
+
+    `max_faces`: keep the N largest faces of a frame (None: all). `detect_every`: in a
+    video, run MTCNN in full on every k-th frame and follow the faces between with O-Net
+    alone (see `find_faces`); 1 detects every frame in full, as photos and folders are."""
 
     def __init__(
         self,
@@ -193,6 +203,8 @@ class FramePredictor:
         landmarks_file: str | os.PathLike | None = None,
         preprocess: PreprocessConfig | None = None,
         device: str | None = None,
+        max_faces: int | None = None,
+        detect_every: int = DETECT_EVERY,
     ) -> None:
         if landmarks not in LANDMARK_SOURCES:
             raise ValueError(
@@ -203,6 +215,12 @@ class FramePredictor:
             raise ValueError(
                 f"the model predicts {gcfg.num_aus} AUs but {len(au_names)} names given"
             )
+        if max_faces is not None and max_faces < 1:
+            raise ValueError(f"max_faces must be >= 1 (or None: all), got {max_faces}")
+        if detect_every < 1:
+            raise ValueError(f"detect_every must be >= 1, got {detect_every}")
+        self.max_faces = max_faces
+        self.detect_every = int(detect_every)
         self.au_names = list(au_names)
         self.landmarks = landmarks
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -229,100 +247,174 @@ class FramePredictor:
         self.columns = csv_columns(self.au_names, self.pre.model.expression_names)
         self._detector = None
 
-    def _detect(self, images: list[np.ndarray | str]) -> list[Any]:
-        """The highest-scoring MTCNN face of each decoded image (None: no face / no image)."""
+    def _detect(self, images: list[np.ndarray | str]) -> list[list[Detection]]:
+        """Every MTCNN face of each decoded image, largest first (none for an undecoded one)."""
+        ok = [i for i, im in enumerate(images) if not isinstance(im, str)]
+        found = self.detector.detect_batch([images[i] for i in ok]) if ok else []
+        faces: list[list[Detection]] = [[] for _ in images]
+        for i, dets in zip(ok, found):
+            faces[i] = self._keep(dets)
+        return faces
+
+    def _keep(self, dets: Sequence[Detection]) -> list[Detection]:
+        """`dets` largest first, without a box that overlaps a larger one by IoU > 0.5 (two
+        tracks on one face), cut to the `max_faces` largest."""
+        kept: list[Detection] = []
+        for d in sorted(dets, key=lambda d: -d.area):
+            if not kept or box_iou(d.box, np.stack([k.box for k in kept])).max() <= 0.5:
+                kept.append(d)
+        return kept[: self.max_faces] if self.max_faces else kept
+
+    def find_faces(
+        self, frames: Sequence[Frame], images: list[np.ndarray | str]
+    ) -> list[list[Detection]]:
+        """The faces of each frame. Frames of a video that follow each other in `frames`
+        are a run: its first frame and every `detect_every`-th are detected in full (one
+        MTCNN batch); a frame between follows last frame's faces with MTCNN's O-Net alone
+        (`FaceDetector.refine`), and is detected in full when that loses a face or when
+        last frame had none, so only a face that joins others waits for the next key frame.
+        Folders and photos are detected in full: their frames need not follow each other."""
+        key, since = [], 0  # since: frames after the last key frame of this run
+        for i, f in enumerate(frames):
+            prev = frames[i - 1] if i else None
+            follows = prev is not None and _is_video(f) and prev.input == f.input
+            since = since + 1 if follows and prev.frame + 1 == f.frame else 0
+            key.append(since % self.detect_every == 0)
+        keys = [i for i in range(len(frames)) if key[i]]
+        detected = self._detect([images[i] for i in keys])
+        faces: list[list[Detection]] = [[] for _ in frames]
+        for i, dets in zip(keys, detected):
+            faces[i] = dets
+        for i in range(len(frames)):
+            if key[i] or isinstance(images[i], str):
+                continue
+            prev = faces[i - 1]
+            moved = self.detector.refine(images[i], [d.box for d in prev]) if prev else []
+            if prev and all(d is not None for d in moved):
+                faces[i] = self._keep(moved)
+            else:  # lost a face, or none to follow: detect this frame in full
+                faces[i] = self._detect([images[i]])[0]
+        return faces
+
+    @property
+    def detector(self) -> Any:
+        """MTCNN (glee.face.detection.FaceDetector), loaded on first use."""
         if self._detector is None:
             from glee.face.detection import FaceDetector
 
             self._detector = FaceDetector(device=self.device)
-        ok = [i for i, im in enumerate(images) if not isinstance(im, str)]
-        found = self._detector.detect_batch([images[i] for i in ok]) if ok else []
-        best: list[Any] = [None] * len(images)
-        for i, dets in zip(ok, found):
-            best[i] = dets[0] if dets else None
-        return best
+        return self._detector
 
     def predict(self, frames: Sequence[Frame]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """(rows, errors): one row per frame in order; an error record per failed frame."""
-        items = [f.item() for f in frames]
-        keys = [(it["subject"], it["frame"]) for it in items]
+        """(rows, errors): every face of every frame in order (a face that fails a stage and
+        a frame with no face are rows with success 0, and an error record each). Rows carry
+        `face_id` = the face's rank in its frame, largest first, and `_box`, the face box
+        that `glee.prediction.tracking.assign_face_ids` turns into ids kept across frames."""
+        keys = [(f.subject, f.frame) for f in frames]
         if len(set(keys)) != len(keys):
             raise ValueError("frames of one predict() call need distinct (subject, frame) keys")
-        confidence = [1.0] * len(frames)
-        errors: list[dict[str, Any]] = []
-        failed: dict[int, dict[str, Any]] = {}
-        if self.landmarks != "provided":
-            images = read_frames([it["image"] for it in items])
-            for i, det in enumerate(self._detect(images)):
+        # one item per face of each frame; task = the face's rank keys the landmark backends
+        faces: list[list[dict[str, Any]]] = [[] for _ in frames]
+        failed: dict[tuple[int, int], dict[str, Any]] = {}  # (frame index, rank) -> error
+        if self.landmarks == "provided":  # the table holds one face per frame
+            faces = [[{**f.item(), "confidence": 1.0}] for f in frames]
+        else:
+            images = read_frames([f.image for f in frames])
+            for i, dets in enumerate(self.find_faces(frames, images)):
+                item = frames[i].item()
                 if isinstance(images[i], str):
-                    failed[i] = error_row(items[i], "decode", images[i] or "empty reference")
-                elif det is None:
-                    failed[i] = error_row(items[i], "detect", "no face detected")
-                else:
-                    items[i]["box"] = np.asarray(det.box, np.float32).tolist()
-                    confidence[i] = float(det.score)
+                    failed[(i, 0)] = error_row(item, "decode", images[i] or "empty reference")
+                elif not dets:
+                    failed[(i, 0)] = error_row(item, "detect", "no face detected")
+                for rank, det in enumerate(dets):
+                    face = {**item, "task": str(rank), "confidence": float(det.score)}
+                    face["box"] = np.asarray(det.box, np.float32).tolist()
                     if self._five is not None:
                         self._five.remember(
-                            (items[i]["subject"], "", items[i]["frame"]), det.points5
+                            (face["subject"], face["task"], face["frame"]), det.points5
                         )
-        todo = [i for i in range(len(items)) if i not in failed]
-        for i in todo:
-            items[i]["_index"] = i
-        rows, errs = self.pre.process([items[i] for i in todo]) if todo else ([], [])
-        by_key = {(e["subject"], e["frame"]): e for e in errs}
-        for i in todo:
-            e = by_key.get((items[i]["subject"], items[i]["frame"]))
+                    faces[i].append(face)
+        todo = [(i, r) for i, fs in enumerate(faces) for r in range(len(fs))]
+        items = []
+        for i, r in todo:
+            item = {k: v for k, v in faces[i][r].items() if k != "confidence"}
+            items.append({**item, "_index": i, "_rank": r})
+        rows, errs = self.pre.process(items) if items else ([], [])
+        by_key = {(e["subject"], e["task"], e["frame"]): e for e in errs}
+        for i, r in todo:
+            e = by_key.get((frames[i].subject, faces[i][r]["task"], frames[i].frame))
             if e is not None:
-                failed[i] = e
-        outputs: dict[int, tuple[Outputs, int]] = {}
+                failed[(i, r)] = e
+        outputs: dict[tuple[int, int], tuple[Outputs, int]] = {}
         if rows:
-            faces = decode_images([r["image"] for r in rows])  # (n, 200, 200, 3)
-            f_exp = np.asarray([r["expression"] for r in rows], np.float32)
-            out = infer(self.net, faces, f_exp, device=self.device)
-            for j, r in enumerate(rows):
-                outputs[int(r["_index"])] = (out, j)
-        geometry = {int(r["_index"]): r for r in rows}
-        result = []
+            decoded = decode_images([g["image"] for g in rows])  # (n, 200, 200, 3)
+            f_exp = np.asarray([g["expression"] for g in rows], np.float32)
+            out = infer(self.net, decoded, f_exp, device=self.device)
+            for j, g in enumerate(rows):
+                outputs[(int(g["_index"]), int(g["_rank"]))] = (out, j)
+        geometry = {(int(g["_index"]), int(g["_rank"])): g for g in rows}
+        result, errors = [], []
         for i, f in enumerate(frames):
-            row: dict[str, Any] = {
-                "frame": f.frame,
-                "face_id": 0,
-                "timestamp": round(f.timestamp, 6),
-                "confidence": 0.0,
-                "success": 0,
-            }
-            aus = [openface_au(n) for n in self.au_names]
-            if i in outputs:
-                out, j = outputs[i]
-                probs, occ = out.probs[j], out.occurrences[j]
-                row.update(confidence=round(confidence[i], 4), success=1)
-                row.update({f"{a}_c": int(c) for a, c in zip(aus, occ)})
-                row.update({f"{a}_p": float(p) for a, p in zip(aus, probs)})
-                g = geometry[i]
-                lms = np.asarray(g["image_landmarks"], np.float64).reshape(68, 2)
-                row.update(openface_pose(g["pose"]))
-                row.update({f"x_{k}": round(float(v), 3) for k, v in enumerate(lms[:, 0])})
-                row.update({f"y_{k}": round(float(v), 3) for k, v in enumerate(lms[:, 1])})
-                row.update(
-                    {c: round(float(v), 6) for c, v in zip(self.exp_columns, g["expression"])}
-                )
-                row["fit_rmse"] = round(float(g["fit_rmse"]), 4)
-            else:
-                e = failed.get(i) or error_row(items[i], "predict", "no output for this frame")
-                errors.append(
-                    {
-                        "input": f.input,
-                        "frame": f.frame,
-                        "image": f.image,
-                        "stage": e["stage"],
-                        "reason": e["reason"],
-                    }
-                )
-                # OpenFace writes zeros for a frame without a face
-                row.update({c: 0.0 for c in self.columns if c not in row})
-                row.update({f"{a}_c": 0 for a in aus})
-            result.append(row)
+            for r in range(max(1, len(faces[i]))):
+                face = faces[i][r] if faces[i] else None
+                if (i, r) in outputs:
+                    row = self._row(f, r, face, *outputs[(i, r)], geometry[(i, r)])
+                else:
+                    row = self._failed_row(f, r, face)
+                    e = failed.get((i, r)) or error_row(f.item(), "predict", "no output")
+                    errors.append(
+                        {
+                            "input": f.input,
+                            "frame": f.frame,
+                            "image": f.image,
+                            "stage": e["stage"],
+                            "reason": e["reason"],
+                        }
+                    )
+                result.append(row)
         return result, errors
+
+    def _row(
+        self, f: Frame, rank: int, face: dict[str, Any], out: Outputs, j: int, g: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The OpenFace row of a face that went through every stage."""
+        aus = [openface_au(n) for n in self.au_names]
+        lms = np.asarray(g["image_landmarks"], np.float64).reshape(68, 2)
+        row = _base_row(f, rank, face, success=1)
+        row.update(openface_pose(g["pose"]))
+        row.update({f"x_{k}": round(float(v), 3) for k, v in enumerate(lms[:, 0])})
+        row.update({f"y_{k}": round(float(v), 3) for k, v in enumerate(lms[:, 1])})
+        row.update({f"{a}_c": int(c) for a, c in zip(aus, out.occurrences[j])})
+        row.update({f"{a}_p": float(p) for a, p in zip(aus, out.probs[j])})
+        row.update({c: round(float(v), 6) for c, v in zip(self.exp_columns, g["expression"])})
+        row["fit_rmse"] = round(float(g["fit_rmse"]), 4)
+        if row["_box"] is None:  # provided landmarks: the face is where its points are
+            row["_box"] = [*lms.min(axis=0).tolist(), *lms.max(axis=0).tolist()]
+        return row
+
+    def _failed_row(self, f: Frame, rank: int, face: dict[str, Any] | None) -> dict[str, Any]:
+        """OpenFace's row of a frame without a face, or of a face that failed a stage: zeros
+        after `success`."""
+        row = _base_row(f, rank, face, success=0)
+        row.update({c: 0.0 for c in self.columns if c not in row})
+        row.update({f"{openface_au(n)}_c": 0 for n in self.au_names})
+        row["confidence"] = 0.0
+        return row
+
+
+def _is_video(frame: Frame) -> bool:
+    return Path(frame.input).suffix.lower() in VIDEO_SUFFIXES
+
+
+def _base_row(f: Frame, rank: int, face: dict[str, Any] | None, success: int) -> dict[str, Any]:
+    return {
+        "frame": f.frame,
+        "face_id": rank,
+        "timestamp": round(f.timestamp, 6),
+        "confidence": round(float(face["confidence"]), 4) if face else 0.0,
+        "success": success,
+        "_box": face.get("box") if face else None,
+    }
 
 
 __all__ = [

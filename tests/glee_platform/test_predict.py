@@ -36,9 +36,11 @@ def _write_rgb(path: Path, image: np.ndarray) -> Path:
     return path
 
 
-def _check_openface(df: pd.DataFrame, names: list[str]) -> None:
+def _check_openface(df: pd.DataFrame, names: list[str], one_face: bool = True) -> None:
     assert list(df.columns) == csv_columns(names)
-    assert (df["face_id"] == 0).all() and df["success"].isin([0, 1]).all()
+    assert df["success"].isin([0, 1]).all()
+    if one_face:
+        assert (df["face_id"] == 0).all() and df["frame"].is_unique
     for n in names:
         c, p = df[f"{openface_au(n)}_c"], df[f"{openface_au(n)}_p"]
         assert p.between(0, 1).all()
@@ -253,3 +255,130 @@ def test_openface_pose_is_the_same_rotation_in_openfaces_order():
     # a pure yaw is a rotation about y alone
     only_yaw = openface_pose([0.3, 0.0, 0.0, 0, 0, 500])
     assert only_yaw["pose_Ry"] == pytest.approx(0.3) and abs(only_yaw["pose_Rx"]) < 1e-9
+
+
+# --------------------------------------------------------------------------- many faces
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finetune run folder of a tiny GLEE-Net with random weights (BP4D's 12 AUs): the
+    faces, ids and geometry predict writes do not depend on the weights."""
+    import torch
+
+    from glee.model.glee_net import build_glee_net, checkpoint_state
+    from glee_platform.config import load_config
+    from glee_platform.train import model_config
+    from glee_platform.train.checkpoints import checkpoint_name, save_state
+    from glee_platform.train.results import write_config
+
+    folder = tmp_path_factory.mktemp("runs")
+    cfg = load_config("smoke", [f"resources.storage_path={folder}", "name=tiny"])
+    torch.manual_seed(0)
+    ckpt = cfg.run_dir / "fold1" / checkpoint_name(0)
+    ckpt.mkdir(parents=True)
+    net = build_glee_net(model_config(cfg, 12))
+    save_state(ckpt, {"model": checkpoint_state(net), "epoch": 0, "history": []})
+    write_config(cfg)
+    return cfg.run_dir
+
+
+FACELESS = 6  # 0-based index of the frame without a face
+
+
+def _two_faces_video(path: Path, frames: int = 12) -> Path:
+    """Two copies of the astronaut's face, one left and one right of the middle of a
+    640x360 clip: the left one shrinks from 220 to 132 px and the right one grows from 132
+    to 220, so they swap sizes halfway; frame FACELESS is empty grey."""
+    from skimage import data
+
+    face = data.astronaut()[:300, 80:380]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (640, 360))
+    for i in range(frames):
+        image = np.full((360, 640, 3), 90, np.uint8)
+        if i != FACELESS:
+            for size, x0 in ((220 - 8 * i, 20), (132 + 8 * i, 620 - 132 - 8 * i)):
+                y0 = 180 - size // 2
+                image[y0 : y0 + size, x0 : x0 + size] = cv2.resize(face, (size, size))
+        writer.write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_every_face_gets_a_row_and_an_id_that_stays_with_it(ray_session, tiny_run, tmp_path):
+    """Chunks of 4 frames, so the ids must hold across chunk boundaries (frames 4|5, 8|9)
+    and past the frame where the faces swap sizes (a rank by size would swap the ids)."""
+    video = _two_faces_video(tmp_path / "two.avi")
+    out = tmp_path / "out"
+    summary = predict_files(
+        [video], tiny_run, out, landmarks="dlib", chunk_frames=4, num_actors=2, progress=False
+    )
+    df = pd.read_csv(out / "two.csv")
+    _check_openface(df, au_names(BP4D_AUS), one_face=False)
+    faced = df[df["frame"] != FACELESS + 1]
+    assert faced.groupby("frame").size().tolist() == [2] * 11  # two rows a frame
+    assert (faced["success"] == 1).all() and (faced["confidence"] > 0.9).all()
+    assert list(df[["frame", "face_id"]].itertuples(index=False)) == sorted(
+        df[["frame", "face_id"]].itertuples(index=False)
+    )
+    # id 0: the larger face of frame 1, on the left; id 1 on the right, in every frame
+    nose_x = faced.pivot(index="frame", columns="face_id", values="x_30")
+    assert list(nose_x.columns) == [0, 1]
+    assert (nose_x[0] < 320).all() and (nose_x[1] > 320).all()
+    # the landmarks are each face's own: the nose moves less than 20 px between frames
+    assert nose_x.diff().abs().max().max() < 20
+    empty = df[df["frame"] == FACELESS + 1]
+    assert empty[["face_id", "success", "confidence"]].values.tolist() == [[0, 0, 0]]
+    errors = pd.read_csv(out / "errors.csv")
+    assert errors[["frame", "stage"]].values.tolist() == [[FACELESS + 1, "detect"]]
+    assert (summary.frames, summary.faces, summary.frames_with_face) == (12, 22, 11)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_max_faces_keeps_the_largest_face_of_each_frame(ray_session, tiny_run, tmp_path):
+    video = _two_faces_video(tmp_path / "two.avi")
+    out = tmp_path / "out"
+    predict_files([video], tiny_run, out, landmarks="dlib", max_faces=1, progress=False)
+    df = pd.read_csv(out / "two.csv")
+    _check_openface(df, au_names(BP4D_AUS), one_face=False)
+    assert df["frame"].tolist() == list(range(1, 13))  # one row a frame ...
+    faced = df[df["success"] == 1].set_index("frame")
+    assert len(faced) == 11
+    # ... the larger face: the left one until they swap sizes (frame 6.5), then the right
+    left = faced["x_30"] < 320
+    assert left.loc[:6].all() and not left.loc[8:].any()
+    # the right face is a face of its own, not the left one's id
+    assert faced["face_id"].loc[:6].eq(0).all() and faced["face_id"].loc[8:].eq(1).all()
+
+
+def test_max_faces_and_detect_every_reach_predict_files(monkeypatch, tmp_path):
+    """jobs/predict.py passes --max-faces and --detect-every through, and leaves
+    predict_files' defaults (all faces, DETECT_EVERY) when they are not given."""
+    import importlib.util
+
+    import glee_platform.predict as predict_module
+    from glee.prediction.predictor import DETECT_EVERY
+
+    seen: list[dict] = []
+
+    class Summary:
+        def line(self) -> str:
+            return "done"
+
+    def fake(inputs, run, out, **kwargs):
+        seen.append(kwargs)
+        return Summary()
+
+    monkeypatch.setattr(predict_module, "predict_files", fake)
+    spec = importlib.util.spec_from_file_location("predict_job", REPO / "jobs" / "predict.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    common = ["clip.mp4", "--run", str(tmp_path), "--out", str(tmp_path / "out")]
+    assert job.main([*common, "--max-faces", "1", "--detect-every", "3"]) == 0
+    assert job.main(common) == 0
+    assert (seen[0]["max_faces"], seen[0]["detect_every"]) == (1, 3)
+    assert seen[1]["max_faces"] is None
+    assert seen[1].get("detect_every", DETECT_EVERY) == DETECT_EVERY

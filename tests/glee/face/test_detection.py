@@ -51,3 +51,24 @@ def test_largest_face_picks_biggest_box():
     small = Detection(np.array([0, 0, 10, 10.0]), 0.99, np.zeros((5, 2)))
     big = Detection(np.array([0, 0, 50, 40.0]), 0.91, np.zeros((5, 2)))
     assert largest_face([small, big]) is big
+
+
+def test_refine_moves_last_frames_box_onto_the_face_and_drops_a_gone_face(detector):
+    """O-Net alone on last frame's box: in a frame where the face moved 12 px right it comes
+    back within a few px of a full detection; on a frame without the face it is None."""
+    face = data.astronaut()[:300, 80:380]
+
+    def frame(x: int) -> np.ndarray:
+        out = np.full((360, 640, 3), 90, np.uint8)
+        out[30:330, x : x + 300] = face
+        return out
+
+    before = detector.detect(frame(100))[0]
+    full = detector.detect(frame(112))[0]
+    moved = detector.refine(frame(112), [before.box])[0]
+    assert moved is not None and moved.score > 0.9
+    assert np.abs(moved.box - full.box).max() < 6.0  # the stale box is 12 px off
+    assert np.abs(before.box - full.box)[[0, 2]].min() > 8.0
+    np.testing.assert_allclose(moved.points5, full.points5, atol=4.0)
+    assert detector.refine(np.full((360, 640, 3), 90, np.uint8), [before.box]) == [None]
+    assert detector.refine(frame(112), []) == []
