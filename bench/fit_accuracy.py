@@ -162,6 +162,37 @@ def landmark_ceiling(landmarks: np.ndarray, rows: pd.DataFrame) -> float:
     return probe(100 * x, rows)
 
 
+def prior_grid(model, inputs: dict, rows: pd.DataFrame, cams: np.ndarray, moving) -> None:
+    """Median correlation / probe F1 per input for a grid of each mode's prior weights:
+    photo's fixed (f_s, f_exp) and subject's noise factors (EXPRESSION_PER_NOISE,
+    SHAPE_PER_NOISE). The module's values are restored afterwards."""
+    import glee.face.fitting as fitting
+
+    saved = (dict(FIT_PRIORS), fitting.EXPRESSION_PER_NOISE, fitting.SHAPE_PER_NOISE)
+    grids = [("photo", (s, e)) for e in (0.1, 1.0, 10.0) for s in (1.0, 100.0)]
+    grids += [("subject", (e, s)) for e in (2.0, 5.0, 20.0) for s in (1.0, 5.0, 20.0)]
+    print("\nprior grid (median corr / probe F1):")
+    try:
+        for mode, (a, b) in grids:
+            if mode == "photo":
+                FIT_PRIORS["photo"], label = (a, b), f"photo f_s {a:g}, f_exp {b:g}"
+            else:
+                fitting.EXPRESSION_PER_NOISE, fitting.SHAPE_PER_NOISE = a, b
+                label = f"subject f_exp {a:g} sigma^2, f_s {b:g} sigma^2"
+            cells = []
+            for name, lms in inputs.items():
+                fit = run_mode(model, mode, lms, rows, cams)[0]
+                cells.append(
+                    f"{name} {scores(fit, rows, moving)['median_corr']:.3f} / "
+                    f"{probe(fit.expression, rows):.1f}"
+                )
+            print(f"  {label}: " + " | ".join(cells), flush=True)
+    finally:
+        FIT_PRIORS.clear()
+        FIT_PRIORS.update(saved[0])
+        fitting.EXPRESSION_PER_NOISE, fitting.SHAPE_PER_NOISE = saved[1], saved[2]
+
+
 def main() -> None:
     root = Path(os.environ.get("GLEE_DATA", "data"))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -169,6 +200,11 @@ def main() -> None:
     ap.add_argument("--raw", type=Path, default=root / "raw", help="raw data root (truth)")
     ap.add_argument("--dataset", default="bp4d")
     ap.add_argument("--seed", type=int, default=0, help="of the landmark noise")
+    ap.add_argument(
+        "--grid",
+        action="store_true",
+        help="also print the prior grids the photo and subject modes' weights were chosen from",
+    )
     args = ap.parse_args()
     try:
         rows, manifest = load(args.prep, args.raw, args.dataset)
@@ -210,6 +246,8 @@ def main() -> None:
             )
             if name.startswith("detector") and mode == DEFAULT_FIT_MODE:
                 last = (s["median_corr"], f1, rate)
+    if args.grid:
+        prior_grid(model, inputs, rows, cams, moving)
     print(f"\ndefault mode: {DEFAULT_FIT_MODE}")
     print(f"median_corr={last[0]:.3f} probe_f1={last[1]:.1f} faces_per_cpu_s={last[2]:.0f}")
 

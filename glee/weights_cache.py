@@ -13,7 +13,14 @@ file fetched here is found by face-alignment or facenet-pytorch and the other wa
     failing  (offline, HTTP error, short body, wrong hash) MissingWeightsError, one line
              naming the URL, the file and the folder to put it in; no partial file is left.
 GLEE_OFFLINE=1 in the environment skips every download (an air-gapped cluster then fails
-at once instead of after the retries' timeouts).
+at once instead of after the retries' timeouts). GLEE_WEIGHTS_MIRROR=<base URL> fetches
+`<base URL>/<file name>` instead of the library's URL (a cluster's own mirror); the
+SHA-256 is checked all the same.
+
+On a cluster each node fetches what it needs on first use, into its own torch home: a
+Train worker or preprocessing actor that needs FAN or VGGFace2 calls `fetch_weights`, and
+the file lock makes the workers of one node download it once (tests/glee_platform/
+test_cluster.py shows it on a local multi-node cluster).
 
 The transfer uses requests (tqdm draws the bar), not torch.hub.download_url_to_file: that
 one opens the URL without a timeout (a firewalled host blocks for minutes, a stalled
@@ -41,6 +48,7 @@ RETRIES = 3  # attempts on transient errors (connection, timeout, short body, HT
 BACKOFF_S = 2.0  # sleep before attempt k+1: BACKOFF_S * k
 TIMEOUT_S = 30.0  # connect and per-read timeout
 OFFLINE_ENV = "GLEE_OFFLINE"
+MIRROR_ENV = "GLEE_WEIGHTS_MIRROR"
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,12 @@ class WeightFile:
 
     def path(self, torch_home: str | os.PathLike | None = None) -> Path:
         return default_torch_home(torch_home) / self.folder / self.name
+
+    @property
+    def source(self) -> str:
+        """Where it is downloaded from: $GLEE_WEIGHTS_MIRROR/<name> when set, else `url`."""
+        mirror = os.environ.get(MIRROR_ENV, "").strip()
+        return f"{mirror.rstrip('/')}/{self.name}" if mirror else self.url
 
 
 # face-alignment 1.5.0: face_alignment.api.models_urls["2DFAN-4"], loaded from
@@ -103,7 +117,7 @@ def default_torch_home(torch_home: str | os.PathLike | None = None) -> Path:
 def _download(spec: WeightFile, dest: Path, timeout_s: float, progress: bool) -> None:
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.partial")
     try:
-        with requests.get(spec.url, stream=True, timeout=timeout_s) as r:
+        with requests.get(spec.source, stream=True, timeout=timeout_s) as r:
             if 400 <= r.status_code < 500 and r.status_code != 429:
                 raise _Permanent(f"HTTP {r.status_code}")
             r.raise_for_status()
@@ -184,12 +198,12 @@ def fetch_weights(
                 reason = str(exc)
                 break
             except (requests.RequestException, OSError) as exc:
-                reason = _reason(exc, spec.url)
+                reason = _reason(exc, spec.source)
                 if attempt < retries:
                     time.sleep(backoff_s * attempt)
     raise MissingWeightsError(
         f"{spec.library} weights {spec.name} not found in {folder}, and downloading "
-        f"{spec.url} failed ({reason}): download it by hand into that folder"
+        f"{spec.source} failed ({reason}): download it by hand into that folder"
     )
 
 

@@ -222,7 +222,16 @@ def _fec_items(root: Path) -> tuple[list[dict], list[dict], list[dict]]:
     return sorted(faces.values(), key=lambda f: f["image_id"]), triplets, skipped
 
 
-def make_shards(items: list[dict], shard_size: int, group_keys: tuple[str, ...]) -> list[dict]:
+def make_shards(
+    items: list[dict], shard_size: int, group_keys: tuple[str, ...], cut_by: str | None = None
+) -> list[dict]:
+    """Shards of up to `shard_size` items within each group of `group_keys`.
+
+    `cut_by` (FEC: "image_id"): the items, sorted by that key, are cut where the key's hash
+    says (`content_cuts`) instead of every `shard_size` items, and a shard is named by its
+    content alone, so adding or removing an image changes the one shard it falls in and
+    leaves every other shard, and its finished file, as it was.
+    """
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for it in items:
         groups[tuple(it[k] for k in group_keys)].append(it)
@@ -230,15 +239,33 @@ def make_shards(items: list[dict], shard_size: int, group_keys: tuple[str, ...])
     for key in sorted(groups):
         group = groups[key]
         name = "_".join(str(k) for k in key if k != "") or "all"
-        for start in range(0, len(group), shard_size):
-            chunk = group[start : start + shard_size]
-            shards.append(
-                {
-                    "shard": _shard_id(f"{name}-{start // shard_size:04d}", chunk),
-                    "items": json.dumps(chunk),
-                }
-            )
+        if cut_by is not None:
+            group = sorted(group, key=lambda it: str(it[cut_by]))
+            bounds = content_cuts([str(it[cut_by]) for it in group], shard_size)
+            chunks = [(name, group[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        else:
+            chunks = [
+                (f"{name}-{start // shard_size:04d}", group[start : start + shard_size])
+                for start in range(0, len(group), shard_size)
+            ]
+        for label, chunk in chunks:
+            shards.append({"shard": _shard_id(label, chunk), "items": json.dumps(chunk)})
     return shards
+
+
+def content_cuts(keys: list[str], size: int) -> list[int]:
+    """Boundaries [0, ..., len(keys)] of content-defined chunks of sorted `keys`: a chunk
+    ends after a key whose hash is 0 modulo `size` (chunks of `size` keys on average), or
+    at 4 `size` keys. Whether a key ends a chunk depends on that key alone, so an inserted
+    key changes only the chunk it lands in (until the next natural cut after a capped one)."""
+    bounds = [0]
+    for i, key in enumerate(keys):
+        h = int.from_bytes(hashlib.sha1(key.encode(), usedforsecurity=False).digest()[:8], "big")
+        if h % max(size, 1) == 0 or i + 1 - bounds[-1] >= 4 * size:
+            bounds.append(i + 1)
+    if bounds[-1] != len(keys):
+        bounds.append(len(keys))
+    return bounds
 
 
 # -- the actor -----------------------------------------------------------------------------
@@ -363,10 +390,10 @@ def preprocess_dataset(
         make_landmark_backend(cfg.landmarks, dataset_root=root, device="cpu")
         if dataset == "fec":
             items, triplets, read_errors = _fec_items(root)
-            table, group_keys = "images", ()
+            table, group_keys, cut_by = "images", (), "image_id"
         else:
             items, read_errors, _ = _au_items(dataset, root, split)
-            triplets, table, group_keys = [], "faces", ("subject", "task")
+            triplets, table, group_keys, cut_by = [], "faces", ("subject", "task"), None
     except (DatasetError, FileNotFoundError, ValueError) as exc:
         raise PreprocessError(str(exc).splitlines()[0]) from exc
     except Exception as exc:
@@ -374,7 +401,7 @@ def preprocess_dataset(
             raise PreprocessError(str(exc).splitlines()[0]) from exc
         raise
 
-    shards = make_shards(items, shard_size, group_keys)
+    shards = make_shards(items, shard_size, group_keys, cut_by)
     out.mkdir(parents=True, exist_ok=True)
     todo = [s for s in shards if not (out / table / f"part-{s['shard']}.parquet").exists()]
     _remove_stale(out, table, {s["shard"] for s in shards})

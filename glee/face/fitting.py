@@ -1308,8 +1308,8 @@ FIT_PRIORS: dict[str, tuple[float | None, float | None]] = {
     "photo": (1.0, 10.0),
     "subject": (None, None),
 }
-EXPRESSION_PER_NOISE = 5.0  # 1 / tau^2: f_exp prior per px^2 of landmark noise
-SHAPE_PER_NOISE = 5.0  # the same for f_s (once per person)
+EXPRESSION_PER_NOISE = 20.0  # 1 / tau^2 of f_exp: its prior per px^2 of landmark noise (MAP)
+SHAPE_PER_NOISE = 1.0  # the same for f_s, once per person: f_s ~ N(0, 1)
 FIT_MODES = tuple(FIT_PRIORS)
 DEFAULT_FIT_MODE = "subject"
 

@@ -310,3 +310,54 @@ def test_preprocessing_and_ddp_spread_over_two_nodes(three_nodes, toy_prep, tmp_
     assert pre_nodes == worker_ids, pre_nodes  # both worker nodes, never the head
     # and every shard's rows landed in the shared folder
     assert len(list((shared / "prep" / "bp4d" / "faces").glob("part-*.parquet"))) == 36
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_every_worker_node_fetches_the_weights_it_needs_on_first_use(
+    three_nodes, serve_files, tmp_path
+):
+    """Two tasks on each worker node (each node its own torch home, as on a cluster without
+    a shared cache) call `fetch_weights` on first use, as the FAN backend and the VGGFace2
+    loader do: every node ends with the verified file, downloaded once per node (the file
+    lock holds back the node's second task), from the mirror the environment names."""
+    import hashlib
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from glee.weights_cache import WeightFile
+
+    address, head_id, worker_ids = three_nodes
+    body = os.urandom(400_000)
+    base, hits = serve_files({"/mirror/weights.bin": body})
+    spec = WeightFile(
+        name="weights.bin",
+        url="https://weights.invalid/weights.bin",  # never reached: the mirror is set
+        sha256=hashlib.sha256(body).hexdigest(),
+        folder="checkpoints",
+        library="a test",
+    )
+
+    @ray.remote(num_cpus=1)
+    def first_use(spec: WeightFile) -> tuple[str, str, str]:
+        from glee.weights_cache import fetch_weights
+
+        path = fetch_weights(spec, progress=False)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        return ray.get_runtime_context().get_node_id(), str(path), digest
+
+    calls = []
+    for node in sorted(worker_ids):
+        env = {"TORCH_HOME": str(tmp_path / node), "GLEE_WEIGHTS_MIRROR": f"{base}/mirror"}
+        opts = first_use.options(
+            runtime_env={"env_vars": env},
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
+        )
+        calls += [opts.remote(spec), opts.remote(spec)]
+    results = ray.get(calls, timeout=120)
+    assert {node for node, _, _ in results} == worker_ids
+    for node, path, digest in results:
+        assert Path(path) == tmp_path / node / "checkpoints" / "weights.bin"
+        assert digest == spec.sha256
+    assert hits["/mirror/weights.bin"] == len(worker_ids)  # once per node

@@ -313,3 +313,28 @@ def test_an_interrupted_subject_pass_refits_only_the_shards_it_had_not(
         atol=1e-6,
     )
     assert [f for f in files if f.stat().st_mtime_ns != stamps[f]] == [victim]
+
+
+def test_adding_fec_images_renames_only_the_shards_they_land_in():
+    """FEC shards are cut by content: 3 new images among 5,000 change at most the shards
+    they fall in (each a new name; every other shard keeps its name and so its file),
+    where cutting every 32 sorted images renamed nearly every shard after the first."""
+    from glee_platform.preprocess import make_shards
+
+    rng = np.random.default_rng(0)
+    ids = sorted({f"{rng.integers(1 << 40):010x}" for _ in range(5000)})
+
+    def items(keys):
+        return [{"image_id": k, "image": f"images/{k}.jpg"} for k in keys]
+
+    def names(keys, cut_by):
+        return {s["shard"] for s in make_shards(items(keys), 32, (), cut_by)}
+
+    grown = sorted(ids + ["0000000001", "7fffffffff", "ffffffffff"])
+    before, after = names(ids, "image_id"), names(grown, "image_id")
+    assert len(before - after) <= 3 and len(after - before) <= 6
+    assert 80 < len(before) < 400  # about 5000 / 32 shards of content-defined size
+    sizes = [len(json.loads(s["items"])) for s in make_shards(items(ids), 32, (), "image_id")]
+    assert max(sizes) <= 4 * 32 and sum(sizes) == len(ids)
+    # the positional cut, for contrast: almost every shard renamed
+    assert len(names(ids, None) - names(grown, None)) > 100
