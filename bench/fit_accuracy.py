@@ -170,7 +170,7 @@ def prior_grid(model, inputs: dict, rows: pd.DataFrame, cams: np.ndarray, moving
 
     saved = (dict(FIT_PRIORS), fitting.EXPRESSION_PER_NOISE, fitting.SHAPE_PER_NOISE)
     grids = [("photo", (s, e)) for e in (0.1, 1.0, 10.0) for s in (1.0, 100.0)]
-    grids += [("subject", (e, s)) for e in (2.0, 5.0, 20.0) for s in (1.0, 5.0, 20.0)]
+    grids += [("subject", (e, s)) for e in (5.0, 20.0) for s in (1.0, 5.0)]
     print("\nprior grid (median corr / probe F1):")
     try:
         for mode, (a, b) in grids:

@@ -42,8 +42,11 @@ from glee.prediction.predictor import (
     FramePredictor,
     PredictInputError,
     csv_columns,
+    is_video,
     list_frames,
+    openface_au,
 )
+from glee.prediction.shared_shape import PRIVATE, share_track_shapes
 from glee.prediction.tracking import Face, assign_face_ids
 from glee_platform.run_folder import fold_checkpoint, load_run_config
 from glee_platform.session import say
@@ -145,6 +148,31 @@ def _face(row: dict[str, Any]) -> Face:
     if row["success"] == 1:
         lms = np.array([[row[f"x_{k}"], row[f"y_{k}"]] for k in range(68)], np.float64)
     return Face(np.asarray(row["_box"], np.float64), lms)
+
+
+class _SharedShapes:
+    """The driver's copy of the run's network and the morphable model, loaded on first use,
+    for `share_track_shapes`."""
+
+    def __init__(self, model: dict[str, Any], ckpt: str, names: list[str]) -> None:
+        self.spec, self.ckpt, self.names = model, ckpt, names
+        self.net = self.mm = None
+        self.tracks = 0
+
+    def __call__(self, rows: list[dict[str, Any]]) -> int:
+        if self.net is None:
+            from glee.face.pipeline import PreprocessConfig, load_morphable_model
+            from glee.model.config import GLEEConfig
+            from glee.model.glee_net import build_glee_net
+            from glee.model.inference import load_model_weights
+
+            self.net = load_model_weights(
+                build_glee_net(GLEEConfig.from_dict(self.spec)), self.ckpt
+            )
+            self.mm = load_morphable_model(PreprocessConfig().model_path)
+        aus = [openface_au(n) for n in self.names]
+        exp = [f"exp_{n}" for n in self.mm.expression_names]
+        return share_track_shapes(rows, self.net, self.mm, aus, exp)
 
 
 def _chunks(frames: list[Frame], size: int) -> list[dict[str, str]]:
@@ -270,8 +298,15 @@ def predict_files(
     columns = csv_columns(names)
     csvs: dict[str, Path] = {}
     faces = with_face = 0
+    shared = _SharedShapes(model, ckpt, names)
     for key, frames in per_input.items():
         got = face_ids(rows.get(key, []))
+        if is_video(frames[0]):  # one shape per tracked face (glee.prediction.shared_shape)
+            shared.tracks += shared(got)
+        else:
+            for r in got:
+                for k in PRIVATE:
+                    r.pop(k, None)
         if sorted({r["frame"] for r in got}) != [f.frame for f in frames]:
             raise RuntimeError(
                 f"{key}: rows of {len(got)} faces came back for {len(frames)} frames"
@@ -299,6 +334,8 @@ def predict_files(
         "frames_with_face": with_face,
         "max_faces": max_faces,
         "detect_every": detect_every,
+        # fit: each face alone on the workers, then one shape per tracked face of a video
+        "fit": {"frames": "photo", "video_tracks": "subject", "tracks_refit": shared.tracks},
         "seconds": round(summary.seconds, 2),
     }
     write_json_atomic(out_dir / "predict.json", record)  # what ran, for the record

@@ -277,7 +277,7 @@ class FramePredictor:
         key, since = [], 0  # since: frames after the last key frame of this run
         for i, f in enumerate(frames):
             prev = frames[i - 1] if i else None
-            follows = prev is not None and _is_video(f) and prev.input == f.input
+            follows = prev is not None and is_video(f) and prev.input == f.input
             since = since + 1 if follows and prev.frame + 1 == f.frame else 0
             key.append(since % self.detect_every == 0)
         keys = [i for i in range(len(frames)) if key[i]]
@@ -388,6 +388,9 @@ class FramePredictor:
         row.update({f"{a}_p": float(p) for a, p in zip(aus, out.probs[j])})
         row.update({c: round(float(v), 6) for c, v in zip(self.exp_columns, g["expression"])})
         row["fit_rmse"] = round(float(g["fit_rmse"]), 4)
+        # for glee.prediction.shared_shape, on the driver (not written to the CSV)
+        row["_camera"] = list(g["camera"])
+        row["_e_exp"] = None if out.e_exp is None else out.e_exp[j].tolist()
         if row["_box"] is None:  # provided landmarks: the face is where its points are
             row["_box"] = [*lms.min(axis=0).tolist(), *lms.max(axis=0).tolist()]
         return row
@@ -402,7 +405,7 @@ class FramePredictor:
         return row
 
 
-def _is_video(frame: Frame) -> bool:
+def is_video(frame: Frame) -> bool:
     return Path(frame.input).suffix.lower() in VIDEO_SUFFIXES
 
 
@@ -427,6 +430,7 @@ __all__ = [
     "FramePredictor",
     "PredictInputError",
     "csv_columns",
+    "is_video",
     "list_frames",
     "openface_au",
     "openface_pose",

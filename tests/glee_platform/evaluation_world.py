@@ -22,8 +22,11 @@ RUN = ("wo_pretrain", "wo_tc", "full")
 
 
 def prep_dir(tiny_world: dict[str, Path], tmp_path_factory) -> Path:
-    """bp4d and bp4dplus of the tiny world, preprocessed with their landmarks."""
+    """bp4d and bp4dplus of the tiny world, preprocessed with their landmarks, each frame
+    fitted alone (fit mode photo): predict fits a folder of frames so, and
+    test_predict compares its outputs with evaluation's on the same frames."""
     if "prep" not in _CACHE:
+        from glee.face.pipeline import PreprocessConfig
         from glee_platform.preprocess import preprocess_dataset
 
         prep = tmp_path_factory.mktemp("eval_prep")
@@ -34,7 +37,7 @@ def prep_dir(tiny_world: dict[str, Path], tmp_path_factory) -> Path:
                 prep / name,
                 num_cpus=2,
                 progress=False,
-                landmarks="provided",
+                config=PreprocessConfig(landmarks="provided", fit_mode="photo"),
             )
         _CACHE["prep"] = prep
     return _CACHE["prep"]
@@ -56,6 +59,7 @@ def ablation(tiny_world, tmp_path_factory):
                 f"data.prep={prep}",
                 f"data.raw.bp4d={tiny_world['bp4d']}",  # the preprocessed folder's source
                 "data.landmarks=provided",  # as prep_dir made it: the renders' exact landmarks
+                "data.fit_mode=photo",
                 f"resources.storage_path={runs}",
                 "finetune.init=none",  # pretraining is tested in test_train; time
                 "finetune.epochs=1",

@@ -334,6 +334,29 @@ def test_every_face_gets_a_row_and_an_id_that_stays_with_it(ray_session, tiny_ru
     errors = pd.read_csv(out / "errors.csv")
     assert errors[["frame", "stage"]].values.tolist() == [[FACELESS + 1, "detect"]]
     assert (summary.frames, summary.faces, summary.frames_with_face) == (12, 22, 11)
+    # each tracked face of the video is one person: its frames are fitted with one shape
+    # (glee.prediction.shared_shape), as fit_subject fits the track's landmarks
+    from glee.face.camera import Camera
+    from glee.face.fitting import FIT_PRIORS, fit_subject
+    from glee.face.pipeline import load_morphable_model
+
+    assert json.loads((out / "predict.json").read_text())["fit"]["tracks_refit"] == 2
+    model = load_morphable_model(None)
+    exp = [f"exp_{n}" for n in model.expression_names]
+    reg_shape, reg_expression = FIT_PRIORS["subject"]
+    for _, track in faced.groupby("face_id"):
+        lms = np.stack(
+            [track[[f"x_{k}" for k in range(68)]], track[[f"y_{k}" for k in range(68)]]], -1
+        )
+        fit = fit_subject(
+            model, lms, Camera.for_image(640, 360), reg_shape=reg_shape,
+            reg_expression=reg_expression,
+        )  # fmt: skip
+        assert fit.converged.all()
+        np.testing.assert_allclose(track[exp].to_numpy(), fit.expression, atol=1e-5)
+    aus = [openface_au(a) for a in au_names(BP4D_AUS)]
+    probs = faced[[f"{a}_p" for a in aus]].to_numpy()
+    assert (faced[[f"{a}_c" for a in aus]].to_numpy() == (probs > 0.5)).all()
 
 
 @pytest.mark.ray
