@@ -51,11 +51,11 @@ from glee.face.fitting import (  # noqa: E402
     DEFAULT_FIT_MODE,
     FIT_MODES,
     FIT_PRIORS,
-    FitResult,
     compile_kernels,
     estimate_shape,
     fit_frames,
     fit_with_shape,
+    gather_fits,
 )
 from glee.face.pipeline import load_morphable_model  # noqa: E402
 from glee_platform.prepared import DataError, read_manifest  # noqa: E402
@@ -138,17 +138,7 @@ def run_mode(model, mode: str, landmarks: np.ndarray, rows: pd.DataFrame, cams: 
         )
         shape_cpu += mid - start
         frame_cpu += time.process_time() - mid
-    fields = FitResult.__dataclass_fields__
-    template = next(iter(parts.values()))[1]
-    fit = FitResult(
-        **{
-            f: np.zeros((len(rows),) + getattr(template, f).shape[1:], getattr(template, f).dtype)
-            for f in fields
-        }
-    )
-    for idx, part in parts.values():
-        for f in fields:
-            getattr(fit, f)[idx] = getattr(part, f)
+    fit = gather_fits(list(parts.values()), len(rows))
     return fit, frame_cpu, shape_cpu
 
 

@@ -1342,27 +1342,27 @@ def fit_frames(
     keys = np.zeros(len(target), np.int64) if groups is None else np.asarray(groups)
     if len(keys) != len(target):
         raise ValueError(f"got {len(keys)} group keys for {len(target)} faces")
-    out = None
-    for key in pd_unique(keys):
-        idx = np.flatnonzero(keys == key)
-        one = fit_subject(model, target[idx], cams[idx], max_rmse_fraction=max_rmse_fraction, **kw)
-        if out is None:
-            out = FitResult(
-                **{
-                    f: np.zeros((len(target),) + getattr(one, f).shape[1:], getattr(one, f).dtype)
-                    for f in FitResult.__dataclass_fields__
-                }
-            )
-        for f in FitResult.__dataclass_fields__:
-            getattr(out, f)[idx] = getattr(one, f)
-    if out is None:  # no faces
+    if len(target) == 0:
         return fit_landmarks(model, target, cams)
+    parts = []
+    for key in dict.fromkeys(keys.tolist()):  # the groups in order of first appearance
+        idx = np.flatnonzero(keys == key)
+        fit = fit_subject(model, target[idx], cams[idx], max_rmse_fraction=max_rmse_fraction, **kw)
+        parts.append((idx, fit))
+    return gather_fits(parts, len(target))
+
+
+def gather_fits(parts: Sequence[tuple[np.ndarray, FitResult]], n: int) -> FitResult:
+    """One FitResult of n faces from results of disjoint subsets (indices, result)."""
+    template = parts[0][1]
+    fields = FitResult.__dataclass_fields__
+    out = FitResult(
+        **{
+            f: np.zeros((n,) + getattr(template, f).shape[1:], getattr(template, f).dtype)
+            for f in fields
+        }
+    )
+    for idx, part in parts:
+        for f in fields:
+            getattr(out, f)[idx] = getattr(part, f)
     return out
-
-
-def pd_unique(keys: np.ndarray) -> list:
-    """The distinct keys in order of first appearance."""
-    seen: dict = {}
-    for k in keys.tolist():
-        seen.setdefault(k, None)
-    return list(seen)
