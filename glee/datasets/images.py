@@ -83,6 +83,9 @@ def decode_images(encoded: Sequence[bytes], what: str = "image") -> np.ndarray:
     return np.stack(out)
 
 
+_INHERITED: list[object] = []  # a forked child's copies of the parent's open handles
+
+
 class _ProcessCache:
     """A small LRU of open handles; a forked child starts empty (handles are per process)."""
 
@@ -94,7 +97,11 @@ class _ProcessCache:
             os.register_at_fork(after_in_child=self._forget)
 
     def _forget(self) -> None:
-        self._items = OrderedDict()  # the parent's handles: neither used nor closed here
+        # The parent's handles are neither used, closed nor freed here: an OpenCV capture's
+        # destructor joins FFmpeg's decoder threads, which the fork did not copy, and waits
+        # forever (Ray's start-up forked with a preexec_fn and hung). Kept referenced.
+        _INHERITED.append(self._items)
+        self._items = OrderedDict()
         self.lock = threading.RLock()
 
     def get(self, key: str):

@@ -96,3 +96,36 @@ def test_corrupt_inputs_raise(tmp_path: Path):
         load_image(video_ref(bad_video, 0))
     assert all(isinstance(f, CorruptImageError) for f in read_video_frames(bad_video, [0, 1]))
     assert video_frame_count(bad_video) == -1
+
+
+def test_a_process_that_read_a_video_can_still_start_subprocesses(tmp_path: Path):
+    """A fork copies the cache of open videos into the child, without the decoder threads
+    FFmpeg started for them: freeing them there waits on those threads forever. Ray's
+    start-up forks with a preexec_fn (at-fork hooks run), so a predict in this process
+    followed by Ray's start hung in `_ProcessCache._forget` (session 10)."""
+    import subprocess
+    import sys
+
+    video = tmp_path / "clip.avi"
+    write_video(video, 4, size=(640, 360))
+    script = (
+        "import subprocess, sys\n"
+        "from glee.datasets.images import read_video_frames\n"
+        f"assert len(read_video_frames({str(video)!r}, [0, 1, 2])) == 3\n"
+        "subprocess.run([sys.executable, '-c', 'pass'], preexec_fn=lambda: None, check=True)\n"
+        "print('started')\n"
+    )
+    import os
+    import signal
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = child.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)  # the hung fork too
+        child.communicate()
+        pytest.fail("a subprocess started after reading a video never started (fork hang)")
+    assert child.returncode == 0 and stdout.strip() == "started", stderr[-2000:]
