@@ -34,6 +34,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
+# what the child reports -> (the table's name for it, which worst-case line it counts in)
+PROCESSES = {
+    "driver": ("driver peak RSS (VmHWM)", "rss"),
+    "worker": ("Train worker peak RSS (VmHWM)", "rss"),
+    "driver_anon": ("driver private (RssAnon)", "private"),
+    "worker_anon": ("Train worker private (RssAnon)", "private"),
+    "worker_shmem": ("Train worker shared memory mapped (RssShmem)", ""),
+}
 FACE = 200
 SHARD = 32
 AUS = ["AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU14", "AU15", "AU17", "AU23", "AU24"]
@@ -131,7 +139,7 @@ def child(prep: Path, mode: str, runs: Path) -> dict:
     sys.path.insert(0, str(ROOT))
     from glee_platform.config import load_config
     from glee_platform.session import ensure_ray
-    from glee_platform.tracking import peak_rss_bytes
+    from glee_platform.tracking import MemoryPeaks, peak_rss_bytes
     from glee_platform.train import run_finetune_fold, run_pretrain
 
     cfg = load_config(
@@ -153,14 +161,19 @@ def child(prep: Path, mode: str, runs: Path) -> dict:
         ],
     )
     ensure_ray(num_cpus=2)
+    memory = MemoryPeaks().start()
     t0 = time.perf_counter()
     if mode == "finetune":
         run, _ = run_finetune_fold(cfg, 1, None, reuse=False)
     else:
         run = run_pretrain(cfg, reuse=False)
+    driver = memory.stop()
     return {
         "driver": peak_rss_bytes(),
         "worker": int(run.final["peak_rss_mb"] * 2**20),
+        "driver_anon": driver.get("RssAnon", 0),
+        "worker_anon": int(run.final.get("peak_rss_anon_mb", 0) * 2**20),
+        "worker_shmem": int(run.final.get("peak_rss_shmem_mb", 0) * 2**20),
         "seconds": time.perf_counter() - t0,
     }
 
@@ -207,31 +220,34 @@ def main(argv: list[str] | None = None) -> int:
                 print(out.stdout[-3000:], out.stderr[-3000:])
                 return 1
             got = json.loads(line[len("RESULT ") :])
-            for proc in ("driver", "worker"):
-                peaks[(mode, proc, label)] = got[proc]
+            for key in PROCESSES:
+                peaks[(mode, key, label)] = got[key]
             print(
                 f"{label:2s} ({n} rows, {n * FACE * FACE * 3 / 2**30:.2f} GiB decoded) {mode:8s} "
-                f"driver {got['driver'] / 2**20:7.0f} MiB  worker {got['worker'] / 2**20:7.0f} MiB"
-                f"  ({got['seconds']:.0f} s)",
+                + "  ".join(f"{k} {got[k] / 2**20:.0f} MiB" for k in PROCESSES)
+                + f"  ({got['seconds']:.0f} s)",
                 flush=True,
             )
     added = (sizes["4N"] - sizes["N"]) * FACE * FACE * 3
     print()
-    print("| run | process | peak at N (MiB) | peak at 4N (MiB) | ratio | growth_share |")
+    print("| run | memory | peak at N (MiB) | peak at 4N (MiB) | ratio | growth_share |")
     print("|---|---|---|---|---|---|")
-    worst = None
+    worst: dict[str, tuple] = {}  # "rss" / "private" -> (share, ratio, mode, process)
     for mode in ("finetune", "pretrain"):
-        for proc in ("driver", "worker"):
-            small, big = peaks[(mode, proc, "N")], peaks[(mode, proc, "4N")]
+        for key, (what, measure) in PROCESSES.items():
+            small, big = peaks[(mode, key, "N")], peaks[(mode, key, "4N")]
             share = (big - small) / added
             print(
-                f"| {mode} | {proc} | {small / 2**20:.0f} | {big / 2**20:.0f} | "
-                f"{big / small:.2f} | {share:.4f} |"
+                f"| {mode} | {what} | {small / 2**20:.0f} | {big / 2**20:.0f} | "
+                f"{big / max(small, 1):.2f} | {share:.4f} |"
             )
-            if worst is None or share > worst[0]:
-                worst = (share, big / small, mode, proc)
-    share, ratio, mode, proc = worst
-    print(f"worst: {mode} {proc}; the dataset added {added / 2**30:.2f} GiB of decoded faces")
+            if measure and (measure not in worst or share > worst[measure][0]):
+                worst[measure] = (share, big / max(small, 1), mode, what)
+    print(f"the dataset added {added / 2**30:.2f} GiB of decoded faces")
+    share, ratio, mode, what = worst["rss"]
+    print(f"worst peak RSS (VmHWM): {mode} {what}: rss_ratio={ratio:.3f} growth_share={share:.4f}")
+    share, ratio, mode, what = worst["private"]
+    print(f"worst private memory (RssAnon): {mode} {what}")
     print(f"rss_ratio={ratio:.3f} growth_share={share:.4f}")
     return 0
 

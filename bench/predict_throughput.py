@@ -4,12 +4,14 @@ The bench writes a clip (a real photograph's face, skimage's astronaut, moving a
 640x360 frame, MJPG) and a run folder holding a tiny GLEE-Net (random weights: speed does
 not depend on them), then
 
-  1. runs `glee_platform.predict.predict_files` on the clip (Ray Data actors, the default
-     landmarks: auto) and times it end to end: decode, detect, landmarks, align, fit,
-     model, CSV; once with `--detect-every` (default: predict's, a full MTCNN detection
-     every k-th frame and O-Net following the face between) and once detecting every
-     frame in full (k = 1), and prints how far the landmarks of the first run are from
-     those of the second (px, over the 68 points of every frame);
+  1. runs `glee_platform.predict.predict_files` on the clip (the default landmarks: auto)
+     and times it end to end: decode, detect, landmarks, align, fit, model, CSV; with
+     the default engine (auto: this process or Ray actors, whichever predict expects to
+     finish first) and with Ray Data actors (engine ray), both with `--detect-every`
+     (default: predict's, a full MTCNN detection every k-th frame and O-Net following the
+     face between), and once detecting every frame in full (k = 1); prints how far the
+     landmarks of the first run are from those of the last (px, over the 68 points of
+     every frame), and times `jobs/predict.py` on the clip in a fresh process;
   2. times each stage alone in this process on the same frames, one CPU thread each:
      decode (glee.datasets.images.read_video_frames), detect (FramePredictor.find_faces
      on predict's chunks of 32 frames: MTCNN on key frames, O-Net between), landmarks
@@ -19,7 +21,7 @@ not depend on them), then
 The goal (the real-faces issue) is 25 frames/s end to end on this 2-core machine, as
 OpenFace 2.0 runs in real time on a CPU. The last line:
 
-    frames_per_s=<end to end> stages=<stage>:<share>,...
+    frames_per_s=<end to end, engine auto> stages=<stage>:<share>,...
 
 python bench/predict_throughput.py                   # 240 frames
 python bench/predict_throughput.py --frames 60       # a quick look
@@ -29,6 +31,8 @@ python bench/predict_throughput.py --detect-every 5  # another k against k = 1
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -153,14 +157,31 @@ def landmark_shift(mine: Path, full: Path) -> np.ndarray:
     return np.hypot(dx, dy).mean(axis=1)
 
 
-def end_to_end(clip: Path, run: Path, out: Path, detect_every: int) -> tuple[float, object]:
-    """(seconds, summary) of predict_files on the clip, after a warm-up call."""
+def end_to_end(
+    clip: Path, run: Path, out: Path, detect_every: int, engine: str
+) -> tuple[float, object, str]:
+    """(seconds, summary, engine that ran) of predict_files on the clip, after a warm-up
+    call (imports, Ray's start for "ray"; each call loads its models again)."""
     from glee_platform.predict import predict_files
 
-    predict_files([clip], run, out, progress=False, detect_every=detect_every)  # warm
+    kwargs = {"progress": False, "detect_every": detect_every, "engine": engine}
+    predict_files([clip], run, out, **kwargs)  # warm
     t0 = time.perf_counter()
-    summary = predict_files([clip], run, out, progress=False, detect_every=detect_every)
-    return time.perf_counter() - t0, summary
+    summary = predict_files([clip], run, out, **kwargs)
+    wall = time.perf_counter() - t0
+    return wall, summary, json.loads((out / "predict.json").read_text())["engine"]
+
+
+def cold_cli(clip: Path, run: Path, out: Path) -> float:
+    """Seconds of `python jobs/predict.py clip --run run` in a fresh process: what a user
+    waits for, imports and all."""
+    t0 = time.perf_counter()
+    subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "predict.py"), str(clip), "--run", str(run),
+         "--out", str(out), "--no-progress"],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    return time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,25 +191,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=240)
     parser.add_argument("--detect-every", type=int, default=DETECT_EVERY)
     args = parser.parse_args(argv)
-    from glee_platform.session import ensure_ray
-
     k = args.detect_every
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         clip = write_clip(tmp_path / "clip.avi", args.frames)
         run = write_run(tmp_path / "runs")
-        ensure_ray()
         walls = {}
-        for every in dict.fromkeys((k, 1)):
-            walls[every], summary = end_to_end(clip, run, tmp_path / f"out{every}", every)
+        for every, engine in dict.fromkeys(((k, "auto"), (k, "ray"), (1, "auto"))):
+            out = tmp_path / f"out{every}{engine}"
+            walls[every, engine], summary, ran = end_to_end(clip, run, out, every, engine)
+            where = "in this process" if ran == "local" else "Ray Data actors on every CPU"
             print(
-                f"end to end, detect every {every}: {summary.frames} frames in "
-                f"{walls[every]:.1f} s = {summary.frames / walls[every]:.1f} frames/s "
-                f"({summary.frames_with_face} with a face, landmarks {summary.landmarks}, "
-                "Ray Data actors on every CPU)"
+                f"end to end, engine {engine} ({ran}), detect every {every}: {summary.frames} "
+                f"frames in {walls[every, engine]:.1f} s = "
+                f"{summary.frames / walls[every, engine]:.1f} frames/s ({summary.frames_with_face} "
+                f"with a face, landmarks {summary.landmarks}, {where})"
             )
-        wall = walls[k]
-        shift = landmark_shift(tmp_path / f"out{k}" / "clip.csv", tmp_path / "out1" / "clip.csv")
+        wall = walls[k, "auto"]
+        cold = cold_cli(clip, run, tmp_path / "cli")
+        print(
+            f"jobs/predict.py in a fresh process (imports, engine auto): {cold:.1f} s = "
+            f"{args.frames / cold:.1f} frames/s"
+        )
+        shift = landmark_shift(
+            tmp_path / f"out{k}auto" / "clip.csv", tmp_path / "out1auto" / "clip.csv"
+        )
         print(
             f"landmarks, detect every {k} against every frame: mean {shift.mean():.2f} px, "
             f"95th percentile {np.percentile(shift, 95):.2f} px, max {shift.max():.2f} px "

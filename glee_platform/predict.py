@@ -11,6 +11,14 @@ success, AUxx_c, AUxx_p; one row per face per frame, one row with success 0 for 
 where no face was found) and `errors.csv` (input, frame, image, stage, reason) for every
 row with success 0.
 
+Where it runs (`engine`): "ray" streams the chunks through the actor pool; "local" runs
+them in this process, with no Ray at all; "auto" (the default) picks whichever
+`choose_engine` expects to finish first from the start-up and per-frame rates measured in
+docs/BENCHMARKS.md ("Predict's frames per second"), and says which and why. On a Ray
+cluster (RAY_ADDRESS, `ray job submit`) auto is always "ray". A photo or a short clip
+runs locally: a pool of actors takes seconds to start (worker processes, torch, the
+models), more than it saves on a few hundred frames.
+
 Face ids are given on the driver, not in the workers (`face_ids`): a worker sees one chunk
 of a video and returns each face's box and landmarks; once every chunk is back, the
 driver walks the input's faces in frame order and tracks them
@@ -26,6 +34,7 @@ import json
 import os
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +61,16 @@ from glee_platform.run_folder import fold_checkpoint, load_run_config
 from glee_platform.session import say
 
 ERROR_COLUMNS = ["input", "frame", "image", "stage", "reason"]
+ENGINES = ("auto", "local", "ray")
+# Measured on the 2-core machine (docs/BENCHMARKS.md, "Predict's frames per second",
+# session 10, detect every 10 frames, dlib landmarks, the tiny GLEE-Net): a pool of actors
+# takes ACTOR_START_S to its first rows and then runs ACTOR_FRAMES_PER_S per actor (one
+# CPU each); this process takes LOCAL_START_S to load the models and then runs
+# LOCAL_FRAMES_PER_S on all its CPU threads. `choose_engine` compares the two.
+ACTOR_START_S = 7.5
+ACTOR_FRAMES_PER_S = 20.7
+LOCAL_START_S = 1.5
+LOCAL_FRAMES_PER_S = 45.0
 
 
 @dataclass
@@ -104,12 +123,13 @@ def model_from_run(
 class PredictWorker:
     """One per actor: a FramePredictor, loaded once; each row of a batch is one chunk."""
 
-    def __init__(self, predictor: dict[str, Any], threads: int = 1) -> None:
-        import cv2
-        import torch
+    def __init__(self, predictor: dict[str, Any], threads: int | None = 1) -> None:
+        if threads is not None:  # an actor's CPUs; None: leave the process's threads be
+            import cv2
+            import torch
 
-        cv2.setNumThreads(1)
-        torch.set_num_threads(max(1, int(threads)))
+            cv2.setNumThreads(1)
+            torch.set_num_threads(max(1, int(threads)))
         self.predictor = FramePredictor(**predictor)
 
     def __call__(self, batch: dict) -> dict:
@@ -122,6 +142,77 @@ class PredictWorker:
             rows.append(json.dumps(r))
             errors.append(json.dumps(e))
         return {"rows": rows, "errors": errors}
+
+
+def choose_engine(
+    engine: str, frames: int, cpus: int, num_actors: int | None = None
+) -> tuple[str, str]:
+    """(engine, why): "local" or "ray" for `frames` frames, `cpus` CPUs for actors.
+
+    "auto" is "ray" on a cluster or when `num_actors` is given, else whichever the measured rates (ACTOR_*, LOCAL_*)
+    expect to finish first: LOCAL_START_S + frames / LOCAL_FRAMES_PER_S in this process
+    against ACTOR_START_S + frames / (cpus * ACTOR_FRAMES_PER_S) over a pool of actors."""
+    from glee_platform.session import on_cluster
+
+    if engine not in ENGINES:
+        raise PredictInputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine != "auto":
+        return engine, "asked for"
+    if on_cluster():
+        return "ray", "a Ray cluster is connected"
+    if num_actors:
+        return "ray", f"{num_actors} actors asked for"
+    local = LOCAL_START_S + frames / LOCAL_FRAMES_PER_S
+    actors = ACTOR_START_S + frames / (max(1, cpus) * ACTOR_FRAMES_PER_S)
+    why = (
+        f"{frames} frames: about {local:.0f} s in this process, {actors:.0f} s on "
+        f"{max(1, cpus)} Ray actors (which take ~{ACTOR_START_S:.0f} s to start)"
+    )
+    return ("local" if local <= actors else "ray"), why
+
+
+def _run_local(
+    chunks: list[dict[str, str]], predictor: dict[str, Any]
+) -> Iterator[tuple[str, str]]:
+    """(rows JSON, errors JSON) of each chunk, predicted in this process, in order, on the
+    threads torch and OpenCV already use here."""
+    worker = PredictWorker(predictor, threads=None)
+    for chunk in chunks:
+        out = worker({"frames": [chunk["frames"]]})
+        yield out["rows"][0], out["errors"][0]
+
+
+def _run_ray(
+    chunks: list[dict[str, str]],
+    predictor: dict[str, Any],
+    num_actors: int | None,
+    cpus_per_actor: int,
+) -> Iterator[tuple[str, str]]:
+    """(rows JSON, errors JSON) of each chunk from an actor pool, as chunks finish."""
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    from glee_platform.session import ensure_ray
+
+    ensure_ray()
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, cpus_per_actor))
+    size = max(1, min(num_actors or cpus, len(chunks)))
+    DataContext.get_current().enable_progress_bars = False  # our bar counts frames
+    pipeline = ray.data.from_items(chunks, override_num_blocks=len(chunks)).map_batches(
+        PredictWorker,
+        fn_constructor_kwargs={"predictor": predictor, "threads": cpus_per_actor},
+        batch_size=1,
+        # every actor from the start: a pool grown from one adds the second only once the
+        # first has loaded its models and queued work piles up (session 9: 8 s into 10)
+        compute=ActorPoolStrategy(size=size),
+        num_cpus=cpus_per_actor,
+    )
+    try:
+        for batch in pipeline.iter_batches(batch_size=1, batch_format="pandas"):
+            yield from zip(batch["rows"], batch["errors"])
+    finally:
+        del pipeline  # release the actor pool's CPUs now (see glee_platform.preprocess)
+        gc.collect()
 
 
 def face_ids(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -197,15 +288,13 @@ def predict_files(
     progress: bool = True,
     max_faces: int | None = None,
     detect_every: int = DETECT_EVERY,
+    engine: str = "auto",
 ) -> PredictSummary:
     """Predict AUs for every face of every frame of `inputs` with fold `fold`'s model of
     `run_dir`; `max_faces` keeps the N largest faces of a frame (None: all), and
-    `detect_every` is the video frames per full face detection (FramePredictor)."""
-    import ray
-    from ray.data import ActorPoolStrategy, DataContext
+    `detect_every` is the video frames per full face detection (FramePredictor);
+    `engine` where the frames run (auto, local, ray: see the module's docstring)."""
     from tqdm import tqdm
-
-    from glee_platform.session import ensure_ray
 
     t0 = time.perf_counter()
     if not inputs:
@@ -257,7 +346,6 @@ def predict_files(
     total = sum(len(f) for f in per_input.values())
     chunks = [c for frames in per_input.values() for c in _chunks(frames, chunk_frames)]
 
-    ensure_ray()
     predictor = {
         "model": model,
         "checkpoint": ckpt,
@@ -267,32 +355,21 @@ def predict_files(
         "max_faces": max_faces,
         "detect_every": detect_every,
     }
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, cpus_per_actor))
-    size = max(1, min(num_actors or cpus, len(chunks)))
-    DataContext.get_current().enable_progress_bars = False  # our bar counts frames
-    pipeline = ray.data.from_items(chunks, override_num_blocks=len(chunks)).map_batches(
-        PredictWorker,
-        fn_constructor_kwargs={"predictor": predictor, "threads": cpus_per_actor},
-        batch_size=1,
-        # every actor from the start: a pool grown from one adds the second only once the
-        # first has loaded its models and queued work piles up (session 9: 8 s into 10)
-        compute=ActorPoolStrategy(size=size),
-        num_cpus=cpus_per_actor,
-    )
+    ran, why = choose_engine(engine, total, os.cpu_count() or 1, num_actors)
+    say(f"predict: {'in this process' if ran == 'local' else 'on Ray actors'} ({why})")
+    if ran == "local":
+        results = _run_local(chunks, predictor)
+    else:
+        results = _run_ray(chunks, predictor, num_actors, cpus_per_actor)
     rows: dict[str, list[dict]] = defaultdict(list)
     errors: list[dict] = []
-    try:
-        with tqdm(total=total, unit="frame", desc="predict", disable=not progress) as bar:
-            for batch in pipeline.iter_batches(batch_size=1, batch_format="pandas"):
-                for r_json, e_json in zip(batch["rows"], batch["errors"]):
-                    chunk_rows = json.loads(r_json)
-                    for r in chunk_rows:
-                        rows[r.pop("_input")].append(r)
-                    errors.extend(json.loads(e_json))
-                    bar.update(len({r["frame"] for r in chunk_rows}))  # a chunk: one input
-    finally:
-        del pipeline  # release the actor pool's CPUs now (see glee_platform.preprocess)
-        gc.collect()
+    with tqdm(total=total, unit="frame", desc="predict", disable=not progress) as bar:
+        for r_json, e_json in results:
+            chunk_rows = json.loads(r_json)
+            for r in chunk_rows:
+                rows[r.pop("_input")].append(r)
+            errors.extend(json.loads(e_json))
+            bar.update(len({r["frame"] for r in chunk_rows}))  # a chunk: one input
 
     out_dir = Path(out).expanduser().resolve()
     columns = csv_columns(names)
@@ -334,6 +411,7 @@ def predict_files(
         "frames_with_face": with_face,
         "max_faces": max_faces,
         "detect_every": detect_every,
+        "engine": ran,
         # fit: each face alone on the workers, then one shape per tracked face of a video
         "fit": {"frames": "photo", "video_tracks": "subject", "tracks_refit": shared.tracks},
         "seconds": round(summary.seconds, 2),
@@ -343,8 +421,10 @@ def predict_files(
 
 
 __all__ = [
+    "ENGINES",
     "PredictSummary",
     "PredictWorker",
+    "choose_engine",
     "model_from_run",
     "predict_files",
     "resolve_landmarks",

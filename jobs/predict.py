@@ -44,8 +44,17 @@ def main(argv: list[str] | None = None) -> int:
         help="video frames per full MTCNN detection, the faces followed by MTCNN's O-Net "
         "between (default 10; 1: detect every frame)",
     )
+    parser.add_argument(
+        "--engine",
+        default="auto",
+        choices=["auto", "local", "ray"],
+        help="where frames run: local (this process), ray (an actor pool); auto (default): "
+        "ray on a cluster, else whichever the measured start-up and rates say is faster",
+    )
     parser.add_argument("--chunk-frames", type=int, default=32, help="frames per Ray task")
-    parser.add_argument("--num-actors", type=int, default=None, help="default: one per CPU")
+    parser.add_argument(
+        "--num-actors", type=int, default=None, help="Ray actors (default: one per CPU)"
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
@@ -66,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 num_actors=args.num_actors,
                 progress=not args.no_progress,
                 max_faces=args.max_faces,
+                engine=args.engine,
                 **({} if args.detect_every is None else {"detect_every": args.detect_every}),
             )
             say(summary.line())

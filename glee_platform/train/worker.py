@@ -31,7 +31,7 @@ from torch import nn
 from glee.files import write_text_atomic
 from glee.model.glee_net import GLEENet, checkpoint_state, load_checkpoint_state
 from glee.training.optimisation import Optimisation, batch_to_device
-from glee_platform.tracking import EpochLogger, peak_rss_bytes
+from glee_platform.tracking import EpochLogger, MemoryPeaks, peak_rss_bytes
 from glee_platform.train.checkpoints import checkpoint_name, newest_readable_state, save_state
 
 
@@ -214,6 +214,7 @@ def run_epochs(config: dict[str, Any], worker: Worker, loop: Loop) -> None:
     with context as reg_dir:
         opt, start_epoch, step, history = restore(loop, config, device, reg_dir, worker.rank)
     logger = EpochLogger(config["tb_dir"], config["csv_path"], history, step, worker.rank == 0)
+    memory = MemoryPeaks().start()  # private against mapped (object store) memory
     # Every parameter that requires a gradient takes part in the forward of every variant
     # (tests/glee/model: test_every_variant_uses_all_its_trainable_parameters), so DDP need
     # not search the graph for unused ones.
@@ -277,11 +278,13 @@ def run_epochs(config: dict[str, Any], worker: Worker, loop: Loop) -> None:
             with torch.no_grad(), opt.autocast():
                 metrics.update(loop.evaluate(epoch, opt))
         metrics["peak_rss_mb"] = peak_rss_bytes() / 2**20  # this worker process so far
+        metrics.update(memory.metrics())  # the same peak by kind, since training began
         logger.epoch(metrics, step)
         if worker.rank == 0:
             _say(f"[glee] {loop.name} epoch {epoch + 1}/{config['epochs']}: {_summary(metrics)}")
         _report(metrics, worker, loop, opt, epoch, step, history)
     logger.close()
+    memory.stop()
 
 
 def _summary(metrics: dict[str, Any]) -> str:

@@ -126,7 +126,8 @@ def test_astronaut_gets_a_face_and_a_blank_frame_a_success_0_row(bp4d_run, tmp_p
     ]
     assert Path(errors.loc[0, "input"]).name == "blank.png"
     assert (summary.frames, summary.faces, summary.landmarks) == (2, 1, "dlib")
-    assert json.loads((out / "predict.json").read_text())["landmarks"] == "dlib"
+    record = json.loads((out / "predict.json").read_text())
+    assert (record["landmarks"], record["engine"]) == ("dlib", "local")  # two photos: here
 
 
 def _rekeyed_landmarks(root: Path, subject: str, task: str, stem: str, out: Path) -> Path:
@@ -357,6 +358,16 @@ def test_every_face_gets_a_row_and_an_id_that_stays_with_it(ray_session, tiny_ru
     aus = [openface_au(a) for a in au_names(BP4D_AUS)]
     probs = faced[[f"{a}_p" for a in aus]].to_numpy()
     assert (faced[[f"{a}_c" for a in aus]].to_numpy() == (probs > 0.5)).all()
+    # the same video in this process (engine local, no Ray): the same CSV, value for value
+    record = json.loads((out / "predict.json").read_text())
+    assert record["engine"] == "ray"  # num_actors asked for
+    predict_files(
+        [video], tiny_run, tmp_path / "local", landmarks="dlib", chunk_frames=4,
+        engine="local", progress=False,
+    )  # fmt: skip
+    local = pd.read_csv(tmp_path / "local" / "two.csv")
+    pd.testing.assert_frame_equal(local, df, check_exact=False, atol=1e-5)
+    assert json.loads((tmp_path / "local" / "predict.json").read_text())["engine"] == "local"
 
 
 @pytest.mark.ray
@@ -375,6 +386,35 @@ def test_max_faces_keeps_the_largest_face_of_each_frame(ray_session, tiny_run, t
     assert left.loc[:6].all() and not left.loc[8:].any()
     # the right face is a face of its own, not the left one's id
     assert faced["face_id"].loc[:6].eq(0).all() and faced["face_id"].loc[8:].eq(1).all()
+
+
+def test_auto_engine_runs_short_work_here_and_long_work_or_a_cluster_on_ray(monkeypatch):
+    import glee_platform.predict as predict_module
+    import glee_platform.session as session
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(session, "_connected_to", None)
+    choose = predict_module.choose_engine
+    assert choose("auto", 1, 2)[0] == "local"  # a photo: no actor pool to start
+    assert choose("auto", 100_000, 16)[0] == "ray"  # hours of video on 16 CPUs
+    assert choose("auto", 600, 64)[0] == "ray"  # 64 actors: their start-up pays back
+    assert choose("auto", 1, 2, num_actors=2) == ("ray", "2 actors asked for")
+    assert choose("ray", 1, 2) == ("ray", "asked for")
+    # where the two estimates cross, the choice flips, from the constants it names
+    a, b = predict_module.ACTOR_START_S, predict_module.LOCAL_START_S
+    r_local = predict_module.LOCAL_FRAMES_PER_S
+    for cpus in (4, 16):
+        r_actors = cpus * predict_module.ACTOR_FRAMES_PER_S
+        cross = (a - b) / (1 / r_local - 1 / r_actors)
+        assert choose("auto", int(cross * 0.9), cpus)[0] == "local"
+        assert choose("auto", int(cross * 1.1), cpus)[0] == "ray"
+    # two actors are no faster per frame than this process on two threads (measured)
+    slower = 2 * predict_module.ACTOR_FRAMES_PER_S <= r_local
+    assert (choose("auto", 10**6, 2)[0] == "local") == slower
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    assert choose("auto", 1, 2) == ("ray", "a Ray cluster is connected")
+    with pytest.raises(PredictInputError, match="engine must be one of auto, local, ray"):
+        choose("gpu", 1, 2)
 
 
 def test_max_faces_and_detect_every_reach_predict_files(monkeypatch, tmp_path):
@@ -405,3 +445,5 @@ def test_max_faces_and_detect_every_reach_predict_files(monkeypatch, tmp_path):
     assert (seen[0]["max_faces"], seen[0]["detect_every"]) == (1, 3)
     assert seen[1]["max_faces"] is None
     assert seen[1].get("detect_every", DETECT_EVERY) == DETECT_EVERY
+    assert seen[1]["engine"] == "auto"
+    assert job.main([*common, "--engine", "local"]) == 0 and seen[2]["engine"] == "local"
