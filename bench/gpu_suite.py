@@ -19,8 +19,14 @@ accuracy, not speed, so none are loaded):
     threads (cv2, else PIL, else torchvision.io; it says which ran);
   - where Ray is installed, a finetuning fold through glee_platform's Ray Train loop (its
     streaming Ray Data input) on a generated faces table, in a child process;
-  - MTCNN face detection batched against one frame at a time, and dlib's 68 points per
-    face where installed (FAN needs weights from the web: skipped on the lent machines).
+  - where Ray is installed and a GPU is present, preprocessing frames/s of a small
+    synthetic BP4D world through glee_platform's Ray Data pipeline on GPU actors
+    (--num-gpus 0.25: MTCNN and the landmarks on the card, the fit on CPU actors) against
+    CPU actors, in a child process;
+  - MTCNN face detection batched against one frame at a time, dlib's 68 points per
+    face where installed, and FAN's landmarks batched across images against one face at a
+    time where its weights are on disk (they download from the web: skipped on the lent
+    machines).
 Batches are synthetic tensors resident on the device: the model's rate, not the input
 pipeline's (decoding is measured on its own). Without a GPU it says so, runs the same
 code on the tiny preset for a few steps on the CPU and exits 0. The last line starts with
@@ -457,6 +463,111 @@ def ray_train_child(folder: str, rows: int, gpu: bool) -> int:
     return 0
 
 
+PREPROCESS_GPUS = 0.25  # GPU share of a landmark actor in the preprocessing section
+
+
+def preprocess_section(
+    args: argparse.Namespace, device: torch.device, clock: Clock | None = None
+) -> list[str]:
+    """Preprocessing on GPU actors against CPU actors (glee_platform.preprocess, Ray
+    Data), in a child process so that Ray starts and stops there."""
+    if importlib.util.find_spec("ray") is None:
+        return ["preprocess: skipped: Ray is not installed here"]
+    if device.type != "cuda":
+        return ["preprocess: skipped: no GPU here (GPU actors against CPU actors needs one)"]
+    if importlib.util.find_spec("facenet_pytorch") is None:
+        return ["preprocess: skipped: facenet-pytorch (MTCNN) is not installed here"]
+    left = 600.0 if clock is None else clock.budget_s - clock.elapsed()
+    if left < 60:
+        return ["preprocess: skipped: the suite's time budget is spent"]
+    import subprocess
+    import tempfile
+
+    frames = 8 if args.smoke else 32
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, __file__, "--preprocess-child", tmp, "--rows", str(frames)]
+        env = {**os.environ, "GLEE_OFFLINE": "1"}  # no weight downloads, no URL probes
+        try:
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=max(60.0, left), env=env
+            )
+        except subprocess.TimeoutExpired:
+            return [f"preprocess: failed: no result within {max(60.0, left):.0f} s"]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("preprocess:")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return lines or [f"preprocess: failed: {tail}"]
+    return lines
+
+
+def preprocess_child(folder: str, frames: int, gpu: bool = True) -> int:
+    """One synthetic BP4D world (3 folds x 2 subjects x 2 tasks x `frames` frames of 640 x
+    480) preprocessed twice into fresh folders: landmark actors of PREPROCESS_GPUS GPU with
+    CPU fit actors, then CPU actors alone; frames/s end to end (actor start-up included).
+    `gpu=False` runs the same two stages on the CPU (a check of this code, not a figure)."""
+    import dataclasses
+
+    import ray
+
+    from glee.face.pipeline import PreprocessConfig
+    from glee.synthetic.presets import get_preset
+    from glee.synthetic.writers import synthesize
+    from glee_platform.preprocess import PreprocessError, preprocess_dataset, resolve_landmarks
+    from glee_platform.session import ensure_ray
+
+    preset = dataclasses.replace(
+        get_preset("demo"),
+        name="gpu-suite",
+        image_size=(480, 640),
+        bp4d_per_fold=2,
+        bp4d_tasks=("T1", "T2"),
+        bp4d_frames=frames,
+    )
+    root = synthesize(Path(folder) / "raw", preset=preset, datasets=["bp4d"], progress=False)
+    try:
+        landmarks = resolve_landmarks("auto")  # FAN where its weights are on disk, else dlib
+    except PreprocessError as exc:
+        print(f"preprocess: skipped: {exc}", flush=True)
+        return 0
+    cfg = PreprocessConfig(landmarks=landmarks, fit_mode="frame")
+    warm_fit_kernels(root["bp4d"])
+    ensure_ray()
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    rates = {}
+    for name, kw in (
+        ("gpu", {"num_gpus": PREPROCESS_GPUS, "_gpu_stage_on_cpu": not gpu}),
+        ("cpu", {}),
+    ):
+        t0 = time.perf_counter()
+        s = preprocess_dataset("bp4d", root["bp4d"], Path(folder) / name, config=cfg, **kw)
+        n = s.rows_ok + s.rows_failed
+        rates[name] = n / (time.perf_counter() - t0)
+    where = f"{PREPROCESS_GPUS:g} GPU per landmark actor" if gpu else "both stages on CPU"
+    print(
+        f"preprocess: {n} frames, GPU actors {rates['gpu']:.1f} frames/s, CPU actors "
+        f"{rates['cpu']:.1f} frames/s ({rates['gpu'] / rates['cpu']:.2f}x; landmarks "
+        f"{landmarks}, {where}, {cpus} CPUs, 640x480, end to end)",
+        flush=True,
+    )
+    return 0
+
+
+def warm_fit_kernels(root: Path) -> None:
+    """Compile the 3DMM fit's numba kernels into their on-disk cache before the clock runs,
+    so that whichever pass goes first does not pay it (~10 s) for both."""
+    import pandas as pd
+
+    from glee.face.camera import Camera
+    from glee.face.fitting import fit_frames
+    from glee.face.pipeline import load_morphable_model
+
+    table = pd.read_parquet(root / "landmarks.parquet").head(2)
+    xs = table[[f"x{i}" for i in range(68)]].to_numpy(np.float64)
+    ys = table[[f"y{i}" for i in range(68)]].to_numpy(np.float64)
+    lms = np.stack([xs, ys], -1)  # (2, 68, 2)
+    fit_frames(load_morphable_model(None), lms, [Camera.for_image(640, 480)] * 2, mode="frame")
+
+
 def astronaut_frame(x: int) -> np.ndarray:
     """A 640x360 RGB frame: skimage's astronaut's face (a real photograph, 300x300) at
     column `x` (0..340) on grey."""
@@ -509,8 +620,45 @@ def landmarks_section(args: argparse.Namespace, device: torch.device) -> list[st
         lines.append(f"landmarks: dlib 68 points {rate:.1f} faces/s (CPU, one at a time)")
     else:
         lines.append(f"landmarks: dlib skipped: {missing or 'no face found'}")
-    lines.append("landmarks: FAN skipped: its weights download from the web on first use")
+    lines.append(fan_line(frames, found, device))
     return lines
+
+
+def fan_line(frames: list[np.ndarray], found: list, device: torch.device) -> str:
+    """FAN's 68 points on MTCNN's boxes: `FanLandmarks.batch` (every face in one call, the
+    network over up to `max_batch` crops at a time) against one face per call."""
+    from glee import weights_cache
+
+    path = weights_cache.FAN_2D.path()
+    if importlib.util.find_spec("face_alignment") is None:
+        return "landmarks: FAN skipped: face-alignment is not installed here"
+    if not path.is_file():
+        return (
+            "landmarks: FAN skipped: its weights download from the web on first use "
+            f"(none in {path.parent})"
+        )
+    if not any(found):
+        return "landmarks: FAN skipped: MTCNN found no face"
+    from glee.face.landmarks import FanLandmarks
+
+    fan = FanLandmarks(device=str(device))
+    faces = [(f, np.asarray(d[0].box, np.float32)) for f, d in zip(frames, found) if d]
+    fan.batch(faces[:2])  # warm-up
+    sync(device)
+    t0 = time.perf_counter()
+    for i, (frame, box) in enumerate(faces):
+        fan(frame, ("bench", "", i), box)
+    sync(device)
+    single = len(faces) / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    fan.batch(faces)
+    sync(device)
+    batched = len(faces) / (time.perf_counter() - t0)
+    return (
+        f"landmarks: FAN 68 points {batched:.1f} faces/s batched, {single:.1f} one at a time "
+        f"({batched / single:.2f}x; {len(faces)} faces, up to {fan.max_batch} a pass, "
+        f"{device.type})"
+    )
 
 
 # --------------------------------------------------------------------------- main
@@ -537,11 +685,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds (default 420)")
     parser.add_argument("--ray-train-child", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--preprocess-child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, default=256, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.ray_train_child:
         gpu = torch.cuda.is_available() and not args.cpu
         return ray_train_child(args.ray_train_child, args.rows, gpu)
+    if args.preprocess_child:
+        gpu = torch.cuda.is_available() and not args.cpu
+        return preprocess_child(args.preprocess_child, args.rows, gpu)
     clock = Clock(args.budget)
     gpu = torch.cuda.is_available() and not args.cpu
     device = torch.device("cuda" if gpu else "cpu")
@@ -620,6 +772,8 @@ def main(argv: list[str] | None = None) -> int:
     for hook in (ray_train_section, landmarks_section):
         for line in hook(args, device):
             print(line, flush=True)
+    for line in preprocess_section(args, device, clock):
+        print(line, flush=True)
     print(f"suite time {clock.elapsed():.0f} s")
 
     if not gpu:

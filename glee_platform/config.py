@@ -136,6 +136,10 @@ class ResourcesSection:
     channels_last: bool = False  # NHWC convolutions (measure with bench/gpu_suite.py)
     compile: bool = False  # torch.compile the model (opt-in)
     gpu_wait_s: float = 900.0  # how long to wait for the autoscaler's GPU nodes
+    # > 0: preprocessing's detection and landmarks on actors of this share of a GPU
+    # (jobs/preprocess.py --num-gpus), its fit on CPU actors; 0: CPU actors only. Here, not
+    # in `data`: it changes where the rows are computed, not the rows (nor the run hashes).
+    preprocess_gpus: float = 0.0
 
     def check(self) -> None:
         at_least("resources.num_workers", self.num_workers, 1)
@@ -145,6 +149,7 @@ class ResourcesSection:
         at_least("resources.max_failures", self.max_failures, -1)
         choice("resources.precision", self.precision, PRECISIONS)
         at_least("resources.gpu_wait_s", self.gpu_wait_s, 0.0)
+        at_least("resources.preprocess_gpus", self.preprocess_gpus, 0.0)
 
     @property
     def threads(self) -> int:

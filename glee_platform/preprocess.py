@@ -1,12 +1,35 @@
-"""Preprocessing on Ray Data: reader records -> shards -> actor pool -> Parquet.
+"""Preprocessing on Ray Data: reader records -> shards -> actor pool(s) -> Parquet.
 
-Each shard (up to `shard_size` frames of one subject and task) is one Ray Data row. An
-actor pool (`ActorPoolStrategy`, one CPU per actor, models loaded once per actor) runs
-`glee.face.pipeline.FacePreprocessor` on it (decode, landmarks, alignment, a batched 3DMM
-fit) and writes the shard's faces and errors as Parquet, atomically. A shard's file is
-complete or absent, so a rerun with the same arguments processes only what is missing.
-When all shards are done the driver writes errors.parquet, manifest.json and, for FEC,
-triplets.parquet (DESIGN.md, "Preprocessed data: Parquet").
+Each shard (up to `shard_size` frames of one subject and task) is one Ray Data row, and
+`glee.face.pipeline.FacePreprocessor` turns it into face rows and error rows, written as
+Parquet atomically. A shard's file is complete or absent, so a rerun with the same
+arguments processes only what is missing. When all shards are done the driver writes
+errors.parquet, manifest.json and, for FEC, triplets.parquet (DESIGN.md, "Preprocessed
+data: Parquet").
+
+Two shapes of the one pipeline:
+
+    num_gpus == 0   ShardWorker actors (1 CPU each): `process` = decode, detection,
+                    landmarks, alignment, a batched 3DMM fit, encode, write.
+    num_gpus > 0    ShardLandmarks actors (1 CPU + num_gpus GPU each; the device is
+                    chosen in the actor: cuda when Ray gave it a GPU) run
+                    `find_landmarks`: decode, MTCNN batched over the shard's frames, the
+                    landmark backend (FAN batched across frames), the warp to the
+                    aligned crop; they pass on each shard as `StagedFaces.to_bytes` (the
+                    landmarks and 200 x 200 crops, never the frames, so memory stays
+                    bounded by the shards in flight). ShardFit actors (1 CPU each) run
+                    `fit_and_align`: the batched fit, encode, write. Both stages are one
+                    Ray Data pipeline, so they overlap.
+
+Pool sizes. `num_cpus` given: that many fit actors (a fixed pool when it is the only
+stage, every actor started up front so shards spread over nodes; at most that many beside
+GPU actors). Not given: every pool starts at one actor and may grow to one per shard
+(`ActorPoolStrategy(min_size=1, max_size=shards)`; Ray 2.60 reads max_size=None as
+unbounded): Ray Data's actor autoscaler adds actors while they are busy and the cluster
+has room, and its cluster autoscaler asks Ray's autoscaler for nodes, so on an
+autoscaling cluster the pool grows with the cluster instead of stopping at the CPUs
+present when the job started. A `--num-gpus` that no node (running, or of the launcher's
+node types) can give stops before the pipeline with one line, where Ray would wait.
 
 Output (AU datasets):   <out>/faces/part-<shard>.parquet, errors.parquet, manifest.json
 Output (FEC):           <out>/images/part-<shard>.parquet, triplets.parquet, errors.parquet,
@@ -38,8 +61,15 @@ import ray
 from glee.datasets.records import DATASET_AUS, au_names
 from glee.datasets.registry import DATASETS
 from glee.face.landmark_error import landmark_error
-from glee.face.pipeline import FacePreprocessor, PreprocessConfig, error_row, load_morphable_model
+from glee.face.pipeline import (
+    FacePreprocessor,
+    PreprocessConfig,
+    StagedFaces,
+    error_row,
+    load_morphable_model,
+)
 from glee.files import write_json_atomic, write_parquet_atomic
+from glee_platform.resources import cluster_node_types
 from glee_platform.session import ensure_ray, say
 
 ERROR_SCHEMA = pa.schema(
@@ -299,6 +329,54 @@ class ShardWorker:
         return {"shard": list(batch["shard"]), "ok": ok, "failed": failed}
 
 
+class ShardLandmarks:
+    """The GPU stage, one per actor: `find_landmarks` on each shard (decode, detection,
+    landmarks, the warp to the aligned crop), passed on as bytes."""
+
+    def __init__(self, cfg: dict, root: str):
+        import cv2
+
+        cv2.setNumThreads(1)
+        config = PreprocessConfig(**cfg)
+        # Ray sets CUDA_VISIBLE_DEVICES to the GPUs it assigned this actor: none -> CPU.
+        device = config.device or ("cuda" if ray.get_gpu_ids() else "cpu")
+        if config.landmarks != "provided":  # MTCNN (and FAN) run here: torch on one thread
+            import torch
+
+            torch.set_num_threads(1)
+        self.pre = FacePreprocessor(replace(config, device=device), dataset_root=root)
+
+    def __call__(self, batch: dict) -> dict:
+        staged = [self.pre.find_landmarks(json.loads(items)) for items in batch["items"]]
+        return {"shard": list(batch["shard"]), "staged": [s.to_bytes() for s in staged]}
+
+
+class ShardFit:
+    """The CPU stage, one per actor: `fit_and_align` on each staged shard, then its file."""
+
+    def __init__(self, cfg: dict, out: str, table: str, fail_after: int | None = None):
+        import cv2
+
+        cv2.setNumThreads(1)
+        self.pre = FacePreprocessor(PreprocessConfig(**cfg), fit_only=True)
+        self.out = Path(out)
+        self.table = table
+        self.fail_after = fail_after  # test hook: raise after this many shards
+        self.done = 0
+
+    def __call__(self, batch: dict) -> dict:
+        ok, failed = [], []
+        for shard, data in zip(batch["shard"], batch["staged"]):
+            rows, errors = self.pre.fit_and_align(StagedFaces.from_bytes(data))
+            write_shard(self.out, self.table, str(shard), rows, errors)
+            ok.append(len(rows))
+            failed.append(len(errors))
+            self.done += 1
+            if self.fail_after is not None and self.done >= self.fail_after:
+                raise RuntimeError(f"injected failure after {self.done} shard(s)")
+        return {"shard": list(batch["shard"]), "ok": ok, "failed": failed}
+
+
 def write_shard(out: Path, table: str, shard: str, rows: list[dict], errors: list[dict]) -> None:
     """Errors first, faces last: a faces file on disk means the whole shard is done."""
     schema = FEC_IMAGE_SCHEMA if table == "images" else FACE_SCHEMA
@@ -327,6 +405,54 @@ def _pool_size(num_cpus: int | None) -> int:
     if num_cpus:
         return max(1, int(num_cpus))
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def actor_pool(num_cpus: int | None, shards: int, *, fixed: bool = True) -> Any:
+    """The `ActorPoolStrategy` of a stage over `shards` shards (module docstring): `num_cpus`
+    actors (a fixed pool if `fixed`, else up to that many), or one growing to one per shard."""
+    from ray.data import ActorPoolStrategy
+
+    if num_cpus and fixed:
+        return ActorPoolStrategy(size=max(1, min(int(num_cpus), shards)))
+    top = min(int(num_cpus), shards) if num_cpus else shards
+    return ActorPoolStrategy(min_size=1, max_size=max(1, top))
+
+
+def check_num_gpus(num_gpus: float) -> None:
+    """A one-line PreprocessError for a GPU share Ray cannot schedule: negative, or above
+    one GPU and not a whole number of them (Ray's rule for fractional requests)."""
+    if not np.isfinite(num_gpus) or num_gpus < 0 or (num_gpus > 1 and num_gpus % 1):
+        raise PreprocessError(
+            f"--num-gpus {num_gpus:g}: give 0 (CPU actors), a share of one GPU (0.25, 0.5, "
+            "1) or a whole number of GPUs per actor"
+        )
+
+
+def check_cluster_gpus(num_gpus: float) -> str:
+    """Whether the connected cluster can hold an actor of `num_gpus` GPUs: a node that has
+    them now, or a launcher node type that gives them (the autoscaler starts it). Returns
+    what it found; raises PreprocessError, one line, where Ray would wait forever."""
+    live = max((n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+    if live >= num_gpus:
+        return f"{ray.cluster_resources().get('GPU', 0):g} GPU(s) in the cluster"
+    types = cluster_node_types() or {}
+    typed = sorted(n for n, r in types.items() if r.get("GPU", 0.0) >= num_gpus)
+    if typed:
+        return f"node type(s) {', '.join(typed)} give GPUs: the autoscaler starts them"
+    most = max([live, *(r.get("GPU", 0.0) for r in types.values())])
+    if most == 0:
+        where = "no node has one"
+        if types:
+            where += f", nor does any of its node types ({', '.join(sorted(types))})"
+        raise PreprocessError(
+            f"--num-gpus {num_gpus:g} asks for GPUs but the Ray cluster has none: {where}; "
+            "pass --num-gpus 0 (resources.preprocess_gpus: 0 in a config) to preprocess on CPU "
+            "actors, or add a GPU node type"
+        )
+    raise PreprocessError(
+        f"--num-gpus {num_gpus:g} asks for {num_gpus:g} GPUs per actor but no node of the Ray "
+        f"cluster has more than {most:g}: ask for a share of one node's GPUs (e.g. 0.5)"
+    )
 
 
 def _shards_per_call(shards: int, actors: int) -> int:
@@ -364,15 +490,21 @@ def preprocess_dataset(
     shard_size: int = 32,
     config: PreprocessConfig | None = None,
     progress: bool = True,
+    num_gpus: float = 0.0,
     _fail_after_shards: int | None = None,
+    _gpu_stage_on_cpu: bool = False,
 ) -> Summary:
     """Preprocess one dataset into `out` (skipping shards already complete).
 
     `landmarks` "auto" is resolved here, once, on the driver (FAN when its weights are on
     disk or downloadable, else dlib): every actor runs the same backend, and the manifest
-    records which."""
+    records which. `num_gpus` > 0: detection and landmarks on actors of that share of a
+    GPU, the fit on CPU actors (module docstring); the manifest records it.
+    `_gpu_stage_on_cpu` (tests): the two-stage pipeline with its first stage asking for
+    no GPU, so it runs on a machine without one."""
     if dataset not in DATASETS:
         raise PreprocessError(f"unknown dataset {dataset!r}: choose one of {list(DATASETS)}")
+    check_num_gpus(num_gpus)
     root, out = Path(root).expanduser().resolve(), Path(out).expanduser().resolve()
     if not root.is_dir():
         raise PreprocessError(f"dataset root {root} does not exist: pass --root <{dataset} folder>")
@@ -408,29 +540,51 @@ def preprocess_dataset(
 
     if todo:
         ensure_ray(num_cpus)
-        from ray.data import ActorPoolStrategy, DataContext
+        from ray.data import DataContext
 
         DataContext.get_current().enable_progress_bars = progress
-        # A fixed pool when the user names the CPUs (every actor starts up front, so shards
-        # spread over nodes); otherwise grow from one actor up to the cluster's CPUs.
-        pool = _pool_size(num_cpus)
-        if num_cpus:
-            strategy = ActorPoolStrategy(size=min(pool, len(todo)))
+        per_call = _shards_per_call(len(todo), _pool_size(num_cpus))
+        shards_ds = ray.data.from_items(todo, override_num_blocks=len(todo))
+        fit_kwargs = {
+            "cfg": cfg.to_dict(),
+            "out": str(out),
+            "table": table,
+            "fail_after": _fail_after_shards,
+        }
+        if num_gpus > 0:
+            cpus = ray.cluster_resources().get("CPU", 0)
+            if cpus < 2 and not cluster_node_types():
+                raise PreprocessError(
+                    f"--num-gpus needs 2 CPUs or more (a landmark actor and a fit actor hold "
+                    f"one each) and the Ray cluster has {cpus:g}: pass --num-cpus 2 or more"
+                )
+            if not _gpu_stage_on_cpu:
+                say(
+                    f"[glee] preprocess: landmarks on {num_gpus:g} GPU per actor "
+                    f"({check_cluster_gpus(num_gpus)}), the fit on CPU actors"
+                )
+            pipeline = shards_ds.map_batches(
+                ShardLandmarks,
+                fn_constructor_kwargs={"cfg": cfg.to_dict(), "root": str(root)},
+                batch_size=per_call,
+                compute=actor_pool(None, len(todo)),
+                num_cpus=1,
+                num_gpus=0 if _gpu_stage_on_cpu else num_gpus,
+            ).map_batches(
+                ShardFit,
+                fn_constructor_kwargs=fit_kwargs,
+                batch_size=per_call,
+                compute=actor_pool(num_cpus, len(todo), fixed=False),
+                num_cpus=1,
+            )
         else:
-            strategy = ActorPoolStrategy(min_size=1, max_size=min(pool, len(todo)))
-        pipeline = ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
-            ShardWorker,
-            fn_constructor_kwargs={
-                "cfg": cfg.to_dict(),
-                "root": str(root),
-                "out": str(out),
-                "table": table,
-                "fail_after": _fail_after_shards,
-            },
-            batch_size=_shards_per_call(len(todo), pool),
-            compute=strategy,
-            num_cpus=1,
-        )
+            pipeline = shards_ds.map_batches(
+                ShardWorker,
+                fn_constructor_kwargs={**fit_kwargs, "root": str(root)},
+                batch_size=per_call,
+                compute=actor_pool(num_cpus, len(todo)),
+                num_cpus=1,
+            )
         try:
             results = pipeline.take_all()
         finally:
@@ -442,7 +596,9 @@ def preprocess_dataset(
 
     if cfg.fit_mode == "subject" and table == "faces":
         fit_subjects(out, [s["shard"] for s in shards], cfg, num_cpus, progress)
-    summary = _finish(dataset, out, table, shards, read_errors, triplets, cfg, root, split)
+    summary = _finish(
+        dataset, out, table, shards, read_errors, triplets, cfg, root, split, num_gpus
+    )
     summary.shards_run = len(todo)
     summary.seconds = time.perf_counter() - t0
     return summary
@@ -584,7 +740,7 @@ def fit_subjects(
     if not todo:
         return
     ensure_ray(num_cpus)
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = progress
     shapes_path = out / SHAPES_FILE
@@ -598,7 +754,7 @@ def fit_subjects(
             SubjectShape,
             fn_constructor_kwargs={"cfg": cfg.to_dict()},
             batch_format="pandas",
-            compute=ActorPoolStrategy(min_size=1, max_size=_pool_size(num_cpus)),
+            compute=actor_pool(num_cpus, len(shards), fixed=False),
             num_cpus=1,
         )
         rows = sorted(shapes_ds.take_all(), key=lambda r: r["subject"])
@@ -614,7 +770,7 @@ def fit_subjects(
         SubjectRefit,
         fn_constructor_kwargs={"cfg": cfg.to_dict(), "out": str(out), "shapes": shapes, "tag": tag},
         batch_size=_shards_per_call(len(todo), pool),
-        compute=ActorPoolStrategy(min_size=1, max_size=min(pool, len(todo))),
+        compute=actor_pool(num_cpus, len(todo), fixed=False),
         num_cpus=1,
     )
     try:
@@ -656,6 +812,7 @@ def _finish(
     cfg: PreprocessConfig,
     root: Path,
     split: str | None,
+    num_gpus: float = 0.0,
 ) -> Summary:
     rows_ok = 0
     subject_folds: dict[str, int] = {}
@@ -713,6 +870,7 @@ def _finish(
         "folds": dict(sorted(subject_folds.items())),
         "expression_names": load_morphable_model(cfg.model_path).expression_names,
         "shards": sorted(s["shard"] for s in shards),
+        "num_gpus": float(num_gpus),  # GPU share of a landmark actor (0: CPU actors only)
     }
     from glee.face.fitting import FIT_PRIORS
 

@@ -23,7 +23,8 @@ runs the job). `check_placement` answers, offline, whether the node types of a
 A Train worker asks for `resources.cpus_per_worker` CPUs and, with GPUs, one GPU. The
 streaming input pipeline (Ray Data) runs beside the workers and needs CPUs the workers
 do not hold. A preprocessing actor asks for one CPU and no GPU, so it lands on the CPU
-pool. Batch sizes in the configs are global (the paper's 30 and 32): each of the
+pool; with `--num-gpus G` its landmark actors ask for one CPU and G GPU each, and land on
+the GPU pool (glee_platform.preprocess). Batch sizes in the configs are global (the paper's 30 and 32): each of the
 `num_workers` workers takes an equal share (`per_worker_batch`).
 """
 

@@ -110,7 +110,9 @@ def ensure_preprocessed(cfg: ExperimentConfig, datasets: list[str], *, force: bo
         print(f"[glee] preprocessing {name}: {root} -> {out}")
         made = wanted()
         config = PreprocessConfig(landmarks=made["landmarks"], fit_mode=made["fit_mode"])
-        summary = preprocess_dataset(name, root, out, config=config)
+        summary = preprocess_dataset(
+            name, root, out, config=config, num_gpus=cfg.resources.preprocess_gpus
+        )
         print(f"[glee] {name}: {summary.line()}")
 
 

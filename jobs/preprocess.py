@@ -2,6 +2,7 @@
 
 python jobs/preprocess.py --dataset bp4d --root data/synthetic/bp4d --out data/prep/bp4d
 ray job submit --working-dir . -- python jobs/preprocess.py --dataset disfa --root /data/DISFA ...
+ray job submit --working-dir . -- python jobs/preprocess.py --dataset bp4d ... --num-gpus 0.25
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ def main(argv: list[str] | None = None) -> int:
         "single-image priors (docs/BENCHMARKS.md, fit accuracy)",
     )
     ap.add_argument("--num-cpus", type=int, default=None, help="actors (default: all CPUs)")
+    ap.add_argument(
+        "--num-gpus",
+        type=float,
+        default=0.0,
+        help="GPUs per landmark actor (e.g. 0.25: four share a GPU): detection and landmarks "
+        "on GPU actors, the fit on CPU actors; 0 (default): CPU actors only",
+    )
     ap.add_argument("--split", default=None, help="split name or file (default: the standard)")
     ap.add_argument("--shard-size", type=int, default=32, help="frames per Parquet shard")
     ap.add_argument("--image-format", default="jpeg", choices=IMAGE_FORMATS)
@@ -62,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.root,
                 args.out,
                 num_cpus=args.num_cpus,
+                num_gpus=args.num_gpus,
                 split=args.split,
                 shard_size=args.shard_size,
                 config=cfg,

@@ -12,7 +12,10 @@ Backends:
 
 Every backend is called as `backend(image, key, box)` with the RGB uint8 image, the
 (subject, task, frame) key of the frame and the face box (x0, y0, x1, y1), and returns a
-(68, 2) float32 array or None when it has no face.
+(68, 2) float32 array or None when it has no face. A backend whose network gains from
+batches also has `batch(faces)`: the same for a list of (image, box) pairs in one call
+(FAN: one forward pass over the crops of faces of several images; dlib and the provided
+table have none, a face costs them the same alone).
 """
 
 from __future__ import annotations
@@ -149,6 +152,7 @@ class FanLandmarks:
     """
 
     name = "fan"
+    max_batch = 16  # crops per forward pass in `batch` (256 x 256 each); not tuned on a GPU
 
     def __init__(
         self,
@@ -196,6 +200,55 @@ class FanLandmarks:
         if not out:
             return None
         return np.asarray(out[0], np.float32)[:, :2].reshape(68, 2)
+
+    def batch(
+        self, faces: Sequence[tuple[np.ndarray, np.ndarray | None]]
+    ) -> list[np.ndarray | None]:
+        """`self(image, key, box)` for every (image, box) of `faces`, the network run once per
+        `max_batch` crops across images. face-alignment batches only the faces of one image
+        (`get_landmarks_from_image`; its `get_landmarks_from_batch` loops over the images),
+        so this is that method's 2D path (face-alignment 1.5.0, api.py) over all the faces:
+        its crop, its network, its heatmap decoding, nothing of its own."""
+        import torch
+        from face_alignment.utils import CENTER_Y_OFFSET, crop, get_preds_fromhm
+
+        fa = self._fa
+        out: list[np.ndarray | None] = [None] * len(faces)
+        todo, centers, scales, crops = [], [], [], []
+        for i, (image, box) in enumerate(faces):
+            if image is None:
+                raise ValueError("the fan landmark backend needs the image")
+            image = np.asarray(image)
+            if image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"expected an RGB image of shape (H, W, 3), got {image.shape}")
+            if box is None:
+                h, w = image.shape[:2]
+                box = np.array([0.0, 0.0, w - 1.0, h - 1.0])
+            d = np.asarray(box, np.float64).reshape(4)
+            if not np.isfinite(d).all() or d[2] <= d[0] or d[3] <= d[1]:
+                continue
+            center = np.array([d[2] - (d[2] - d[0]) / 2.0, d[3] - (d[3] - d[1]) / 2.0])
+            center[1] = center[1] - (d[3] - d[1]) * CENTER_Y_OFFSET
+            scale = (d[2] - d[0] + d[3] - d[1]) / fa.face_detector.reference_scale
+            todo.append(i)
+            centers.append(center)
+            scales.append(scale)
+            crops.append(crop(image, center, scale).transpose((2, 0, 1)).astype(np.float32) / 255.0)
+        if not todo:
+            return out
+        heatmaps = []
+        with torch.no_grad():
+            for start in range(0, len(crops), self.max_batch):
+                chunk = torch.from_numpy(np.stack(crops[start : start + self.max_batch]))
+                hm = fa.face_alignment_net(chunk.to(fa.device, dtype=fa.dtype))  # (b, 68, 64, 64)
+                if isinstance(hm, list):
+                    hm = hm[-1]
+                heatmaps.append(hm.detach().to(device="cpu", dtype=torch.float32).numpy())
+        hms = np.concatenate(heatmaps)  # (n, 68, 64, 64)
+        for j, i in enumerate(todo):
+            _, pts_img, _ = get_preds_fromhm(hms[j : j + 1], centers[j], scales[j])
+            out[i] = np.asarray(pts_img, np.float32).reshape(68, 2)
+        return out
 
 
 DLIB_INSTALL = "pip install dlib-bin==20.0.1.post1 face-recognition-models==0.3.0"

@@ -9,6 +9,8 @@ error row naming the input, the stage and the reason. Nothing is dropped silentl
 
 from __future__ import annotations
 
+import io
+import json
 import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -134,14 +136,75 @@ def encode_image(image: np.ndarray, cfg: PreprocessConfig) -> bytes:
     return buf.tobytes()
 
 
+DETECT_CHUNK = 32  # frames per batched MTCNN call (a BP4D frame is 1040 x 1392 on the card)
+
+
+@dataclass
+class StagedFaces:
+    """What `FacePreprocessor.find_landmarks` hands to `fit_and_align`: the items whose 68
+    landmarks were found, each face already warped to its aligned crop (the one step after
+    the landmarks that needs the whole frame, so the frames themselves go no further), and
+    the error rows so far. NumPy arrays and JSON-able Python only: `to_bytes` carries it
+    from a GPU actor to a CPU actor, where a CUDA tensor would not deserialise."""
+
+    items: list[dict[str, Any]]  # the items whose landmarks were found
+    landmarks: np.ndarray  # (n, 68, 2) float64, input-image pixels
+    sizes: np.ndarray  # (n, 2) int64: width, height of each input image (the fit's camera)
+    aligned: np.ndarray  # (n, size, size, 3) uint8 aligned faces; zeros where alignment failed
+    aligned_landmarks: np.ndarray  # (n, 68, 2) float64, in the aligned face
+    align_errors: list[str]  # per face: "" or why alignment failed
+    errors: list[dict[str, Any]]  # error rows of the items that failed before the fit
+
+    def to_bytes(self) -> bytes:
+        """An .npz of the arrays plus the items and errors as JSON (no pickle)."""
+        meta = json.dumps(
+            {"items": self.items, "align_errors": self.align_errors, "errors": self.errors}
+        )
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            meta=np.frombuffer(meta.encode(), np.uint8),
+            landmarks=np.asarray(self.landmarks, np.float64),
+            sizes=np.asarray(self.sizes, np.int64),
+            aligned=np.asarray(self.aligned, np.uint8),
+            aligned_landmarks=np.asarray(self.aligned_landmarks, np.float64),
+        )
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> StagedFaces:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            meta = json.loads(z["meta"].tobytes().decode())
+            return cls(
+                items=meta["items"],
+                landmarks=z["landmarks"],
+                sizes=z["sizes"],
+                aligned=z["aligned"],
+                aligned_landmarks=z["aligned_landmarks"],
+                align_errors=meta["align_errors"],
+                errors=meta["errors"],
+            )
+
+
 class FacePreprocessor:
     """Loads the landmark backend (and its detector) and the morphable model once, then
     processes batches of items. An item is a dict with at least `image` (a reference),
     `subject`, `task`, `frame`; optional `box` (x0, y0, x1, y1) in pixels restricts where the
     face is (FEC boxes). Other keys pass through to the output row unchanged.
 
+    `process(items)` is `fit_and_align(find_landmarks(items))`: decode, detection,
+    landmarks and the warp to the aligned crop, then one batched 3DMM fit and the encoded
+    rows. glee_platform.preprocess runs the halves in one actor, or the first on GPU actors
+    and the second on CPU actors.
+
     `backend`: a landmark backend object to use instead of building `cfg.landmarks`' own
     (prediction passes a `provided` table of its own, or MTCNN's five points).
+    `batch_detection`: the frames of a batch that need MTCNN's full detection go through it
+    in one call per DETECT_CHUNK frames of a size (`FaceDetector.detect_batch`) rather than
+    one by one; None: batched where MTCNN runs on a GPU (on a CPU bench/gpu_suite.py
+    measured batches slower: 12.4 frames/s against 15.4, docs/BENCHMARKS.md).
+    `fit_only`: build no landmark backend or detector; the object runs `fit_and_align`
+    only (the CPU stage of the two-stage pipeline).
     """
 
     def __init__(
@@ -149,14 +212,19 @@ class FacePreprocessor:
         cfg: PreprocessConfig,
         dataset_root: str | os.PathLike | None = None,
         backend: Any | None = None,
+        *,
+        batch_detection: bool | None = None,
+        fit_only: bool = False,
     ):
         self.cfg = cfg
+        self.fit_only = fit_only
         self.backend = (
             backend
-            if backend is not None
+            if backend is not None or fit_only
             else make_landmark_backend(cfg.landmarks, dataset_root=dataset_root, device=cfg.device)
         )
         self.model = load_morphable_model(cfg.model_path)
+        self.batch_detection = batch_detection
         self._detector = None
 
     def _face_box(self, image: np.ndarray, item: dict[str, Any]) -> np.ndarray | None:
@@ -178,8 +246,52 @@ class FacePreprocessor:
             return self._detect_within(image, given)
         if self.cfg.landmarks == "provided":
             return None
-        dets = self._detector_once().detect(image)
-        return None if not dets else np.asarray(dets[0].box, np.float32)
+        return _best_box(self._detector_once().detect(image))
+
+    def _needs_detection(self, item: dict[str, Any]) -> bool:
+        """Whether the item's face comes from MTCNN's full detection of its frame."""
+        given = item.get("box") is not None or item.get("box_norm") is not None
+        return not given and self.cfg.landmarks != "provided"
+
+    def _face_boxes(
+        self, images: list[np.ndarray | str], items: list[dict[str, Any]]
+    ) -> list[np.ndarray | str | None]:
+        """`_face_box` of every decoded item (None: no face; a string: why it failed). The
+        frames that need MTCNN's full detection go through it batched where
+        `batch_detection` says so; FEC's look inside a box stays one crop at a time."""
+        out: list[np.ndarray | str | None] = [None] * len(items)
+        full = []
+        for i, (image, item) in enumerate(zip(images, items)):
+            if isinstance(image, str):
+                continue
+            if self._needs_detection(item):
+                full.append(i)
+                continue
+            try:
+                out[i] = self._face_box(image, item)
+            except Exception as exc:  # noqa: BLE001 - every failure becomes an error row
+                out[i] = f"{type(exc).__name__}: {exc}"
+        if not full:
+            return out
+        detector = self._detector_once()
+        batched = self.batch_detection
+        if batched is None:
+            batched = str(detector.device).startswith("cuda")
+        if batched:
+            try:
+                for start in range(0, len(full), DETECT_CHUNK):
+                    chunk = full[start : start + DETECT_CHUNK]
+                    for i, dets in zip(chunk, detector.detect_batch([images[i] for i in chunk])):
+                        out[i] = _best_box(dets)
+                return out
+            except Exception:  # noqa: BLE001 - one frame at a time below names the bad one
+                pass
+        for i in full:
+            try:
+                out[i] = _best_box(detector.detect(images[i]))
+            except Exception as exc:  # noqa: BLE001
+                out[i] = f"{type(exc).__name__}: {exc}"
+        return out
 
     def _detector_once(self) -> Any:
         if self._detector is None:
@@ -203,47 +315,105 @@ class FacePreprocessor:
         best = max(dets, key=lambda d: d.area)
         return np.asarray(best.box, np.float32) + np.array([x0, y0, x0, y0], np.float32)
 
-    def process(self, items: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
-        """Returns (face rows, error rows); every item lands in exactly one of them."""
-        errors: list[dict] = []
-        images = read_frames([str(it["image"]) for it in items])
-        staged: list[tuple[dict, np.ndarray, np.ndarray]] = []  # item, image, landmarks (68, 2)
-        for item, image in zip(items, images):
-            if isinstance(image, str):
-                errors.append(error_row(item, "decode", image or "empty image reference"))
-                continue
+    def _points(
+        self,
+        items: list[dict[str, Any]],
+        images: list[np.ndarray | str],
+        boxes: list[np.ndarray | str | None],
+        faces: list[int],
+    ) -> list[np.ndarray | str | None]:
+        """The landmark backend on the items `faces` index: its (68, 2) points, None (no
+        face), or why it failed. A backend with `batch` (FAN) takes all of them in one call."""
+        batch = getattr(self.backend, "batch", None)
+        if batch is not None and len(faces) > 1:
+            try:
+                return list(batch([(images[i], boxes[i]) for i in faces]))
+            except Exception:  # noqa: BLE001 - one face at a time below names the bad one
+                pass
+        out: list[np.ndarray | str | None] = []
+        for i in faces:
+            item = items[i]
             key = (str(item["subject"]), str(item["task"]), int(item["frame"]))
             try:
-                box = self._face_box(image, item)
-                if box is None and self.cfg.landmarks != "provided":
-                    errors.append(error_row(item, "landmarks", "no face detected"))
-                    continue
-                lms = self.backend(image, key, box)
+                out.append(self.backend(images[i], key, boxes[i]))
             except Exception as exc:  # noqa: BLE001
-                errors.append(error_row(item, "landmarks", f"{type(exc).__name__}: {exc}"))
+                out.append(f"{type(exc).__name__}: {exc}")
+        return out
+
+    def find_landmarks(self, items: list[dict[str, Any]]) -> StagedFaces:
+        """Decode, find each face (its box, else MTCNN), place its 68 landmarks and warp it
+        to the aligned crop: every step that needs the whole frame (the networks' part, on a
+        GPU where there is one). Items that fail here become error rows (stages decode and
+        landmarks) in item order."""
+        if self.fit_only:
+            raise RuntimeError("this FacePreprocessor was built fit_only: it finds no landmarks")
+        images = read_frames([str(it["image"]) for it in items])
+        boxes = self._face_boxes(images, items)
+        failed: dict[int, dict] = {}
+        faces = []
+        for i, (item, image) in enumerate(zip(items, images)):
+            if isinstance(image, str):
+                failed[i] = error_row(item, "decode", image or "empty image reference")
+            elif isinstance(boxes[i], str):
+                failed[i] = error_row(item, "landmarks", boxes[i])
+            elif boxes[i] is None and self.cfg.landmarks != "provided":
+                failed[i] = error_row(item, "landmarks", "no face detected")
+            else:
+                faces.append(i)
+        size = self.cfg.align_size
+        kept, lms_kept, sizes, aligned, aligned_lms, align_errors = [], [], [], [], [], []
+        for i, lms in zip(faces, self._points(items, images, boxes, faces)):
+            item, image = items[i], images[i]
+            if isinstance(lms, str):
+                failed[i] = error_row(item, "landmarks", lms)
                 continue
             if lms is None:
+                key = (str(item["subject"]), str(item["task"]), int(item["frame"]))
                 reason = (
                     "no face detected"
                     if self.cfg.landmarks != "provided"
-                    else (f"no landmarks for {key} in the provided landmarks file")
+                    else f"no landmarks for {key} in the provided landmarks file"
                 )
-                errors.append(error_row(item, "landmarks", reason))
+                failed[i] = error_row(item, "landmarks", reason)
                 continue
             lms = np.asarray(lms, np.float64)
             if lms.shape != (68, 2) or not np.isfinite(lms).all():
-                errors.append(error_row(item, "landmarks", "landmarks are NaN or not 68x2"))
+                failed[i] = error_row(item, "landmarks", "landmarks are NaN or not 68x2")
                 continue
-            staged.append((item, image, lms))
-        if not staged:
-            return [], errors
+            try:  # JAA-Net alignment (DESIGN.md, "Alignment")
+                face = align_face(image, lms, size=size)
+                aligned.append(face.image)
+                aligned_lms.append(np.asarray(face.landmarks, np.float64))
+                align_errors.append("")
+            except Exception as exc:  # noqa: BLE001 - reported after the fit, as before
+                aligned.append(np.zeros((size, size, 3), np.uint8))
+                aligned_lms.append(np.full((68, 2), np.nan))
+                align_errors.append(f"{type(exc).__name__}: {exc}")
+            kept.append(item)
+            lms_kept.append(lms)
+            sizes.append((image.shape[1], image.shape[0]))
+        n = len(kept)
+        return StagedFaces(
+            items=kept,
+            landmarks=np.stack(lms_kept) if n else np.zeros((0, 68, 2)),
+            sizes=np.asarray(sizes, np.int64).reshape(n, 2),
+            aligned=np.stack(aligned) if n else np.zeros((0, size, size, 3), np.uint8),
+            aligned_landmarks=np.stack(aligned_lms) if n else np.zeros((0, 68, 2)),
+            align_errors=align_errors,
+            errors=[failed[i] for i in sorted(failed)],
+        )
 
+    def fit_and_align(self, staged: StagedFaces) -> tuple[list[dict], list[dict]]:
+        """One batched 3DMM fit over the staged faces, then a row per face whose fit held,
+        its aligned crop encoded (error rows: stages fit and align). CPU only, no network."""
+        errors = list(staged.errors)
+        if not staged.items:
+            return [], errors
         # Sec. III-C: one batched Levenberg-Marquardt fit over every face of the batch.
-        cams = [Camera.for_image(img.shape[1], img.shape[0]) for _, img, _ in staged]
-        lms_all = np.stack([lm for _, _, lm in staged])
-        fit = fit_frames(self.model, lms_all, cams, mode=self.cfg.first_fit_mode)
+        cams = [Camera.for_image(int(w), int(h)) for w, h in staged.sizes]
+        fit = fit_frames(self.model, staged.landmarks, cams, mode=self.cfg.first_fit_mode)
         rows: list[dict] = []
-        for j, (item, image, lms) in enumerate(staged):
+        for j, item in enumerate(staged.items):
             rmse = float(fit.rmse[j])
             if not np.isfinite(rmse) or rmse > self.cfg.max_fit_rmse:
                 errors.append(
@@ -254,17 +424,19 @@ class FacePreprocessor:
                     )
                 )
                 continue
+            if staged.align_errors[j]:
+                errors.append(error_row(item, "align", staged.align_errors[j]))
+                continue
             try:
-                aligned = align_face(image, lms, size=self.cfg.align_size)
-                encoded = encode_image(aligned.image, self.cfg)
+                encoded = encode_image(staged.aligned[j], self.cfg)
             except Exception as exc:  # noqa: BLE001
                 errors.append(error_row(item, "align", f"{type(exc).__name__}: {exc}"))
                 continue
             row = {k: v for k, v in item.items() if k not in ("image", "box", "box_norm")}
             row.update(
                 image=encoded,
-                landmarks=np.asarray(aligned.landmarks, np.float32).reshape(-1).tolist(),
-                image_landmarks=lms.astype(np.float32).reshape(-1).tolist(),
+                landmarks=staged.aligned_landmarks[j].astype(np.float32).reshape(-1).tolist(),
+                image_landmarks=staged.landmarks[j].astype(np.float32).reshape(-1).tolist(),
                 camera=[cams[j].focal, cams[j].cx, cams[j].cy],
                 pose=fit.pose[j].astype(np.float32).tolist(),
                 shape=fit.shape[j].astype(np.float32).tolist(),
@@ -273,3 +445,12 @@ class FacePreprocessor:
             )
             rows.append(row)
         return rows, errors
+
+    def process(self, items: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
+        """Returns (face rows, error rows); every item lands in exactly one of them."""
+        return self.fit_and_align(self.find_landmarks(items))
+
+
+def _best_box(dets: list[Any]) -> np.ndarray | None:
+    """The box of MTCNN's highest-scoring face (detections come sorted by score)."""
+    return None if not dets else np.asarray(dets[0].box, np.float32)

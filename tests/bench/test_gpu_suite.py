@@ -74,3 +74,25 @@ def test_paper_preset_without_facenet_pytorch_says_what_to_carry(suite, monkeypa
     line = suite.build_check(GLEEConfig.paper())
     assert "facenet-pytorch" in line and "--no-deps" in line
     assert suite.build_check(GLEEConfig.tiny()) is None  # the tiny preset does without it
+
+
+def test_preprocess_section_skips_in_one_line_without_ray_or_a_gpu(suite, monkeypatch):
+    """The lent GPU machines have no Ray, this one has no GPU: one line each, no child."""
+    import argparse
+
+    args = argparse.Namespace(smoke=True)
+    lines = suite.preprocess_section(args, torch.device("cpu"))
+    assert lines == ["preprocess: skipped: no GPU here (GPU actors against CPU actors needs one)"]
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a)
+    )
+    lines = suite.preprocess_section(args, torch.device("cuda"))
+    assert lines == ["preprocess: skipped: Ray is not installed here"]
+
+
+def test_fan_line_says_where_its_weights_are_missing(suite, monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    line = suite.fan_line([], [], torch.device("cpu"))
+    assert line.startswith("landmarks: FAN skipped: its weights download from the web")
+    assert str(tmp_path / "hub" / "checkpoints") in line

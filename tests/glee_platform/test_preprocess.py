@@ -338,3 +338,102 @@ def test_adding_fec_images_renames_only_the_shards_they_land_in():
     assert max(sizes) <= 4 * 32 and sum(sizes) == len(ids)
     # the positional cut, for contrast: almost every shard renamed
     assert len(names(ids, None) - names(grown, None)) > 100
+
+
+# -- landmarks on GPU actors, the fit on CPU actors ------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_stages_write_what_one_stage_writes(tiny_world, ray_session, tmp_path):
+    """--num-gpus: MTCNN and dlib on one actor pool, the fit on another, each shard crossing
+    between them as bytes; the Parquet is the one stage's, row for row and byte for byte.
+    The first stage asks for no GPU here (`_gpu_stage_on_cpu`), so it runs on this CPU."""
+    from glee.face.pipeline import PreprocessConfig
+
+    cfg = PreprocessConfig(landmarks="dlib", fit_mode="frame")
+    kw = {"num_cpus": 2, "progress": False, "config": cfg, "shard_size": 8}
+    one = preprocess_dataset("bp4d", tiny_world["bp4d"], tmp_path / "one", **kw)
+    two = preprocess_dataset(
+        "bp4d", tiny_world["bp4d"], tmp_path / "two", num_gpus=0.5, _gpu_stage_on_cpu=True, **kw
+    )
+    assert (two.rows_ok, two.rows_failed) == (one.rows_ok, one.rows_failed)
+    assert one.rows_ok > 0.8 * (one.rows_ok + one.rows_failed)  # MTCNN + dlib found faces
+    keys = ["subject", "task", "frame"]
+    order = [(k, "ascending") for k in keys]
+    a = pq.read_table(tmp_path / "one" / "faces").sort_by(order)
+    b = pq.read_table(tmp_path / "two" / "faces").sort_by(order)
+    assert a.schema == b.schema and a.num_rows == b.num_rows
+    for column in a.column_names:
+        got, want = b[column].to_pylist(), a[column].to_pylist()
+        if column in ("landmarks", "image_landmarks", "pose", "expression", "shape"):
+            np.testing.assert_allclose(np.array(got), np.array(want), atol=1e-4)
+        else:
+            assert got == want, column  # images bytes-equal
+    err_one = pq.read_table(tmp_path / "one" / "errors.parquet").to_pandas()
+    err_two = pq.read_table(tmp_path / "two" / "errors.parquet").to_pandas()
+    assert err_two.sort_values(keys).equals(err_one.sort_values(keys))
+    m1, m2 = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("one", "two"))
+    assert (m1.pop("num_gpus"), m2.pop("num_gpus")) == (0.0, 0.5)
+    assert m1 == m2
+
+
+def test_the_gpu_stage_hands_on_bytes_not_tensors(tiny_world, ray_session):
+    """A shard leaves a landmark actor as one binary value (an .npz of NumPy arrays), which
+    Ray Data stores as an Arrow binary column: nothing in it is a torch tensor, which from
+    a GPU actor would be a CUDA tensor that a CPU actor cannot load."""
+    import pyarrow as pa
+
+    from glee.face.pipeline import PreprocessConfig, StagedFaces
+    from glee_platform.preprocess import ShardLandmarks, _au_items, make_shards
+
+    items, _, _ = _au_items("bp4d", tiny_world["bp4d"], None)
+    shards = make_shards(items[:12], 6, ("subject", "task"))
+    stage = ShardLandmarks(PreprocessConfig(landmarks=EXACT).to_dict(), str(tiny_world["bp4d"]))
+    assert stage.pre.cfg.device == "cpu"  # the driver holds no GPU
+    out = stage({"shard": [s["shard"] for s in shards], "items": [s["items"] for s in shards]})
+    assert out["shard"] == [s["shard"] for s in shards]
+    assert all(type(v) is bytes for v in out["staged"])
+    assert pa.array(out["staged"]).type == pa.binary()
+    staged = StagedFaces.from_bytes(out["staged"][0])
+    assert type(staged.landmarks) is np.ndarray and staged.landmarks.shape[1:] == (68, 2)
+    assert len(staged.items) + len(staged.errors) == len(json.loads(shards[0]["items"]))
+
+
+def test_num_gpus_the_cluster_cannot_give_stops_in_one_line(
+    tiny_world, ray_session, tmp_path, monkeypatch
+):
+    import glee_platform.preprocess as prep
+
+    monkeypatch.setattr(prep, "cluster_node_types", lambda: None)  # no launcher config
+    out = tmp_path / "out"
+    with pytest.raises(PreprocessError) as err:
+        preprocess_dataset(
+            "bp4d", tiny_world["bp4d"], out, num_gpus=0.5, progress=False, landmarks=EXACT
+        )
+    message = str(err.value)
+    assert message.startswith("--num-gpus 0.5 asks for GPUs but the Ray cluster has none: ")
+    assert "\n" not in message and "--num-gpus 0" in message
+    assert not (out / "faces").exists()  # stopped before the pipeline
+    for bad in (-1.0, 1.5, float("nan")):
+        with pytest.raises(PreprocessError, match="--num-gpus"):
+            preprocess_dataset("bp4d", tiny_world["bp4d"], out, num_gpus=bad, landmarks=EXACT)
+    # an autoscaling GPU node type holds the actor: go on, and say that the autoscaler starts it
+    gpu_node = {"cpu_worker": {"CPU": 16.0}, "gpu_worker": {"CPU": 8.0, "GPU": 1.0}}
+    monkeypatch.setattr(prep, "cluster_node_types", lambda: gpu_node)
+    assert "gpu_worker" in prep.check_cluster_gpus(0.5)
+    with pytest.raises(PreprocessError, match="no node of the Ray cluster has more than 1"):
+        prep.check_cluster_gpus(2)
+
+
+def test_pools_without_num_cpus_may_grow_past_the_cpus_present(ray_session):
+    """Without --num-cpus a pool may grow to one actor per shard (as an autoscaling cluster
+    adds nodes), not only to the CPUs the cluster has at the start (3 here)."""
+    from glee_platform.preprocess import actor_pool
+
+    assert ray_session.cluster_resources()["CPU"] < 40
+    grow = actor_pool(None, 40)
+    assert (grow.min_size, grow.max_size) == (1, 40)
+    assert (actor_pool(2, 40).min_size, actor_pool(2, 40).max_size) == (2, 2)  # fixed
+    capped = actor_pool(2, 40, fixed=False)  # beside GPU actors: up to the CPUs asked for
+    assert (capped.min_size, capped.max_size) == (1, 2)
+    assert actor_pool(8, 3).max_size == 3  # never more actors than shards
