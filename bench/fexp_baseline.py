@@ -7,10 +7,11 @@
 Why (issue: training): on the demo, GLEE-Net with FEC pretraining scores what it scores
 without it. This script measures the alternative explanation: that the AU head needs
 nothing from the image branches because f_exp (Sec. III-C), which it receives directly,
-already holds the AU evidence. For each fold k of the prepared dataset it trains one
+already holds the AU evidence. For each fold k of the prepared dataset it runs the f_exp
+probe (`glee.evaluation.probe`, which the finetuning job also prints beside GLEE-Net): one
 logistic regression per AU on the fitted f_exp of the other two parts (balanced class
-weights, like the weighted BCE of Sec. IV-B; unknown labels left out) and scores per-AU F1
-on part k, with the same F1 and fold average as the training job. When the raw dataset's
+weights, like the weighted BCE of Sec. IV-B; unknown labels left out), per-AU F1 on part
+k, with the same F1 and fold average as the training job. When the raw dataset's
 `truth.parquet` is there (synthetic data), the same is done on the rendered, true f_exp,
 the ceiling of what a perfect 3DMM fit could give. Printed beside them: the always-present
 baseline, and the run's GLEE-Net folds from `<runs>/results.csv` (with and without
@@ -33,9 +34,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-from sklearn.linear_model import LogisticRegression
 
 from glee.evaluation.metrics import au_f1, f1_table, fold_average, to_markdown
+from glee.evaluation.probe import fexp_probe_f1
 from glee_platform.evaluate import evaluate_checkpoint
 from glee_platform.prepared import DataError, always_present_f1, read_manifest
 from glee_platform.run_folder import (
@@ -68,22 +69,6 @@ def true_expressions(raw: Path, rows: pd.DataFrame) -> np.ndarray | None:
     if missing:
         raise DataError(f"{missing} prepared rows have no row in {path}: wrong --raw folder?")
     return np.stack(joined["expression"].to_numpy()).astype(np.float32)
-
-
-def fold_f1(features: np.ndarray, labels: np.ndarray, folds: np.ndarray, k: int) -> np.ndarray:
-    """Per-AU F1 on part k of a per-AU logistic regression trained on the other parts."""
-    train, test = folds != k, folds == k
-    probs = np.zeros((int(test.sum()), labels.shape[1]))
-    for j in range(labels.shape[1]):
-        known = train & (labels[:, j] >= 0)
-        y = labels[known, j]
-        if len(np.unique(y)) < 2:  # one class only in training: predict it
-            probs[:, j] = float(y[0]) if len(y) else 0.0
-            continue
-        model = LogisticRegression(class_weight="balanced", max_iter=2000, C=1.0)
-        model.fit(features[known], y)
-        probs[:, j] = model.predict_proba(features[test])[:, 1]
-    return au_f1(probs, labels[test], from_logits=False)
 
 
 def glee_mean(run: Path) -> dict[str, np.ndarray]:
@@ -161,7 +146,7 @@ def main() -> None:
         features["logistic regression on true f_exp"] = true_f
     per_method: dict[str, list[np.ndarray]] = {}
     for name, x in features.items():
-        per_method[name] = [fold_f1(x, labels, folds, k) for k in FOLDS]
+        per_method[name] = [fexp_probe_f1(x, labels, folds, k) for k in FOLDS]
     per_method["always present"] = [always_present_f1(labels[folds == k]) for k in FOLDS]
 
     print("\nmean F1 per fold (%):")

@@ -23,8 +23,9 @@ it prints the median and lowest correlation of the landmark-moving blendshapes w
 truth, the mean pose error in degrees, the fit's landmark RMSE (px, to the landmarks it was
 given), faces per CPU-second of the per-frame pass (and, for subject mode, the CPU-seconds of
 the subjects' shape passes, which read up to 256 frames per subject), and the
-mean F1 over the three folds of a per-AU logistic regression on the fitted f_exp
-(`bench/fexp_baseline.py`'s probe). Last line, for the default mode under the detector:
+mean F1 over the three folds of a per-AU logistic regression on the fitted f_exp (the
+f_exp probe of `glee.evaluation.probe`, which `bench/fexp_baseline.py` and the finetuning
+job run too). Last line, for the default mode under the detector:
 
     median_corr=<x> probe_f1=<y> faces_per_cpu_s=<z>
 """
@@ -43,9 +44,10 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fexp_baseline import FOLDS, KEY, fold_f1  # noqa: E402
+from fexp_baseline import FOLDS, KEY  # noqa: E402
 
 from glee.evaluation.metrics import fold_average  # noqa: E402
+from glee.evaluation.probe import fexp_probe_f1  # noqa: E402
 from glee.face.default_model import landmark_moving_expressions  # noqa: E402
 from glee.face.fitting import (  # noqa: E402
     DEFAULT_FIT_MODE,
@@ -111,7 +113,7 @@ def probe(expression: np.ndarray, rows: pd.DataFrame) -> float:
     labels = np.stack(rows["labels"].to_numpy()).astype(np.int64)
     folds = rows["fold"].to_numpy()
     x = np.nan_to_num(expression.astype(np.float32))
-    return 100 * float(fold_average([fold_f1(x, labels, folds, k) for k in FOLDS]).mean())
+    return 100 * float(fold_average([fexp_probe_f1(x, labels, folds, k) for k in FOLDS]).mean())
 
 
 def run_mode(model, mode: str, landmarks: np.ndarray, rows: pd.DataFrame, cams: np.ndarray):

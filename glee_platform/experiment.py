@@ -1,7 +1,7 @@
 """An experiment end to end: its datasets (synthetic ones only when the config asks) ->
 preprocessing (if absent) -> pretraining on FEC -> finetuning every fold -> the F1 table
-beside the always-present baseline. `make demo` runs configs/demo.yaml through it, a paper
-config the same way.
+beside the f_exp probe and the always-present baseline. `make demo` runs configs/demo.yaml
+through it, a paper config the same way.
 
 Every step reuses finished work: synthesis and preprocessing skip complete datasets, and a
 Train run whose config hash matches its `done.json` is not run again.
@@ -12,8 +12,6 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
-
-import numpy as np
 
 from glee_platform.config import ExperimentConfig
 from glee_platform.prepared import read_manifest
@@ -37,10 +35,10 @@ class ExperimentResult:
     seconds: dict[str, float]
 
     def summary(self) -> str:
+        """What the demo prints last: F1 per fold, then GLEE-Net beside the f_exp probe and
+        always-present (means over the folds), what the network adds, and the times."""
         ft = self.finetune
-        lines = [ft.table().to_string(), ""]
-        base = np.mean([v.mean() for v in ft.baseline_f1.values()])
-        lines.append(f"mean F1 {100 * ft.mean_f1.mean():.1f}   always-present {100 * base:.1f}")
+        lines = [ft.table().to_string(), "", ft.comparison().to_string(), ft.comparison_line()]
         if self.no_pretrain is not None:
             lines.append(
                 f"without pretraining: mean F1 {100 * self.no_pretrain.mean_f1.mean():.1f}"

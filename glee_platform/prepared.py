@@ -8,8 +8,8 @@ driver (folds, labels: a few bytes per face); the images stream to the workers t
 
 Rows of a split: the shards in file order, each filtered to the split's folds. `max_rows`
 (smoke runs) keeps whole shards, in file order, while their rows add up to at most
-`max_rows` (at least one shard): the same rows for the AU weights, the baseline, training
-and evaluation.
+`max_rows` (at least one shard): the same rows for the AU weights, the baselines (always
+present, the f_exp probe), training and evaluation.
 """
 
 from __future__ import annotations
@@ -114,6 +114,26 @@ def face_split(
             dataset, tuple(folds), (), np.zeros((0, len(manifest["au_names"])), np.int8)
         )
     return FaceSplit(dataset, tuple(folds), tuple(files), np.concatenate(labels))
+
+
+def split_expressions(split: FaceSplit) -> np.ndarray:
+    """(N, n_expr) float32 fitted f_exp (Sec. III-C) of the split's rows, in the order of
+    `split.labels`: the same shards, each filtered to the split's folds."""
+    parts = []
+    for path in split.files:
+        table = pq.read_table(path, columns=["fold", "expression"])
+        keep = pc.is_in(table["fold"], value_set=pa.array(list(split.folds), table["fold"].type))
+        column = table.filter(keep)["expression"].combine_chunks()
+        widths = set(pc.list_value_length(column).to_pylist())
+        if len(widths) != 1:
+            raise DataError(f"{path}: expression vectors of lengths {sorted(widths)}")
+        parts.append(column.flatten().to_numpy().reshape(len(column), widths.pop()))
+    if len(parts) == 0:
+        return np.zeros((0, 0), np.float32)
+    out = np.concatenate(parts).astype(np.float32, copy=False)
+    if len(out) != split.num_rows:
+        raise DataError(f"{split.dataset}: {len(out)} expression rows for {split.num_rows} labels")
+    return out
 
 
 def label_matrix(

@@ -4,7 +4,8 @@ Run folder (`<storage>/<experiment name>/`):
 
     config.yaml            the full experiment config (flat copy in config_flat.json)
     metrics.csv            one row per (run, epoch): pretrain, fold1, fold2, ... of this run
-    results.md, results.csv  per-fold per-AU F1 and the mean over folds
+    results.md, results.csv  per-fold per-AU F1 and the mean over folds (results.md also:
+                           beside the f_exp probe and always-present)
     tensorboard/<run>/     TensorBoard events (losses, learning rate, per-AU F1)
     pretrain/, fold1/ ...  Ray Train runs: checkpoint_*/ folders, metrics.csv, done.json
 """

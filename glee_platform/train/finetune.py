@@ -10,15 +10,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from glee.evaluation.probe import logistic_probe_f1
 from glee.training.augmentation import expression_mirror
 from glee.training.losses import au_class_weights
 from glee_platform.config import ConfigError, ExperimentConfig
 from glee_platform.prepared import (
+    FaceSplit,
     always_present_f1,
     expression_names,
     face_split,
     fold_filter,
     read_manifest,
+    split_expressions,
 )
 from glee_platform.resources import per_worker_batch
 from glee_platform.session import ensure_ray
@@ -46,6 +49,54 @@ def training_au_weights(cfg: ExperimentConfig, fold: int) -> torch.Tensor:
     return au_class_weights(split.labels)
 
 
+def fold_splits(cfg: ExperimentConfig, fold: int) -> tuple[FaceSplit, FaceSplit]:
+    """The rows fold `fold` trains on (the other two parts of `data.dataset`) and is
+    evaluated on (part `fold`, or all of `finetune.eval_dataset`), each at most
+    `data.max_rows`: what the Train run, the AU weights and both baselines see."""
+    prep, dataset = cfg.prep_dir, cfg.data.dataset
+    eval_dataset = cfg.finetune.eval_dataset or dataset
+    if eval_dataset != dataset:
+        au_names = list(read_manifest(prep, dataset)["au_names"])
+        eval_names = list(read_manifest(prep, eval_dataset)["au_names"])
+        if eval_names != au_names:
+            raise ConfigError(
+                f"finetune.eval_dataset={eval_dataset!r} codes AUs {eval_names}, but "
+                f"{dataset} codes {au_names}: cross-dataset evaluation needs the same AU set"
+            )
+    _, train_folds = fold_filter(fold, train=True)
+    eval_folds = fold_filter(None if cfg.finetune.eval_dataset else fold, train=False)[1]
+    return (
+        face_split(prep, dataset, train_folds, cfg.data.max_rows),
+        face_split(prep, eval_dataset, eval_folds, cfg.data.max_rows),
+    )
+
+
+def probe_skip_reason(cfg: ExperimentConfig) -> str:
+    """Why the f_exp probe cannot score this config's folds ("" when it can): a probe fitted
+    on one dataset's f_exp reads another's only if both come from the same blendshapes."""
+    dataset, eval_dataset = cfg.data.dataset, cfg.finetune.eval_dataset or cfg.data.dataset
+    if eval_dataset == dataset:
+        return ""
+    train = expression_names(read_manifest(cfg.prep_dir, dataset))
+    test = expression_names(read_manifest(cfg.prep_dir, eval_dataset))
+    if train != test:
+        return (
+            f"{dataset} and {eval_dataset} were fitted with different 3DMM expression bases "
+            f"({len(train)} and {len(test)} blendshapes, not the same names)"
+        )
+    return ""
+
+
+def fold_probe_f1(cfg: ExperimentConfig, fold: int) -> np.ndarray:
+    """(n_au,) F1 of the f_exp probe (`glee.evaluation.probe`) on fold `fold`: fitted on the
+    f_exp and labels of the rows the fold trains on, scored on the rows it is evaluated on.
+    Check `probe_skip_reason` first."""
+    train, test = fold_splits(cfg, fold)
+    return logistic_probe_f1(
+        split_expressions(train), train.labels, split_expressions(test), test.labels
+    )
+
+
 def run_finetune_fold(
     cfg: ExperimentConfig,
     fold: int,
@@ -67,21 +118,9 @@ def run_finetune_fold(
     if init_checkpoint is not None:
         init_key = hashlib.sha256(str(init_checkpoint).encode()).hexdigest()
     config_hash = finetune_hash(cfg, fold, init_key)
-    prep, dataset = cfg.prep_dir, cfg.data.dataset
-    manifest = read_manifest(prep, dataset)
+    manifest = read_manifest(cfg.prep_dir, cfg.data.dataset)
     au_names = list(manifest["au_names"])
-    _, train_folds = fold_filter(fold, train=True)
-    eval_dataset = ft.eval_dataset or dataset
-    eval_folds = fold_filter(None if ft.eval_dataset else fold, train=False)[1]
-    if eval_dataset != dataset:
-        eval_names = list(read_manifest(prep, eval_dataset)["au_names"])
-        if eval_names != au_names:
-            raise ConfigError(
-                f"finetune.eval_dataset={eval_dataset!r} codes AUs {eval_names}, but "
-                f"{dataset} codes {au_names}: cross-dataset evaluation needs the same AU set"
-            )
-    train_split = face_split(prep, dataset, train_folds, cfg.data.max_rows)
-    eval_split = face_split(prep, eval_dataset, eval_folds, cfg.data.max_rows)
+    train_split, eval_split = fold_splits(cfg, fold)
     baseline = always_present_f1(eval_split.labels)
     record = prepare_run_dir(cfg.run_dir / run, config_hash, reuse)
     if record is not None:
@@ -121,17 +160,26 @@ def run_finetune_fold(
 def run_finetune(
     cfg: ExperimentConfig, init_checkpoint: Path | None, reuse: bool = True
 ) -> FinetuneResult:
-    """All configured folds, then results.md / results.csv / config.yaml in the run folder."""
+    """All configured folds, each beside the f_exp probe on its own rows, then results.md /
+    results.csv / config.yaml in the run folder."""
     au_names = list(read_manifest(cfg.prep_dir, cfg.data.dataset)["au_names"])
     if cfg.finetune.init == "none" or not model_config(cfg, len(au_names)).uses_pretraining:
         init_checkpoint = None
     folds: dict[int, RunResult] = {}
     f1: dict[int, np.ndarray] = {}
     baseline: dict[int, np.ndarray] = {}
+    probe: dict[int, np.ndarray] = {}
+    skipped = probe_skip_reason(cfg)
+    if skipped:
+        print(f"[glee] f_exp probe skipped: {skipped}")
     for k in cfg.finetune.folds:
         folds[k], baseline[k] = run_finetune_fold(cfg, k, init_checkpoint, reuse=reuse)
         f1[k] = np.array([folds[k].final[f"val_f1_{n}"] for n in au_names], np.float64)
-        print(f"[glee] fold {k}: mean F1 {100 * f1[k].mean():.1f}")
-    result = FinetuneResult(au_names, folds, f1, baseline)
+        line = f"[glee] fold {k}: mean F1 {100 * f1[k].mean():.1f}"
+        if not skipped:
+            probe[k] = fold_probe_f1(cfg, k)
+            line += f" (f_exp probe {100 * probe[k].mean():.1f})"
+        print(line)
+    result = FinetuneResult(au_names, folds, f1, baseline, probe, skipped)
     write_results(cfg, result)
     return result

@@ -32,6 +32,9 @@ TIME_ATTR = "folds_done"
 TRIALS_DIR = "trials"
 CACHE_DIR = "pretrain-cache"
 STARTS_FILE = "starts.txt"  # one line per start of a trial (a restored search restarts some)
+# The probe depends on the data and folds only, the same for every trial: a trial's
+# results.md says so rather than fitting it again per trial.
+TRIAL_PROBE = "not run per search trial (the same for every trial; jobs/finetune.py runs it)"
 
 
 def pinned_paths(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -142,7 +145,8 @@ def run_trial(
         )
         f1[k] = np.array([folds[k].final[f"val_f1_{n}"] for n in au_names], np.float64)
         if len(f1) == len(cfg.finetune.folds):  # before the last report: Tune stops the trial
-            write_results(cfg, FinetuneResult(au_names, folds, f1, baseline))
+            result = FinetuneResult(au_names, folds, f1, baseline, probe_skipped=TRIAL_PROBE)
+            write_results(cfg, result)
         tune.report(
             {
                 TIME_ATTR: len(f1),

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
+from glee.evaluation.probe import logistic_probe_f1
 from glee.model.glee_net import build_glee_net
 from glee_platform import prepared, session, train, training_data
 from glee_platform.config import load_config
+from glee_platform.experiment import ExperimentResult
 from glee_platform.tracking import read_metrics_csv
+from glee_platform.train import finetune
 
 # --------------------------------------------------------------------------- data
 
@@ -37,6 +42,59 @@ def test_au_weights_come_from_the_training_folds_only(toy_prep, tmp_path):
     assert torch.equal(train.training_au_weights(cfg, 1), before[1])
     assert not torch.equal(train.training_au_weights(cfg, 2), before[2])
     assert before[1].mean().item() == pytest.approx(1.0)  # Sec. IV-B: weights average to 1
+
+
+def faces(prep: Path, dataset: str) -> pd.DataFrame:
+    """Every row of a prepared dataset's shards, in file order."""
+    parts = sorted((prep / dataset / "faces").glob("part-*.parquet"))
+    cols = ["fold", "expression", "labels"]
+    return pd.concat([pq.read_table(p, columns=cols).to_pandas() for p in parts])
+
+
+def probe_on(train_rows: pd.DataFrame, test_rows: pd.DataFrame) -> np.ndarray:
+    x, y = (np.stack(r["expression"].to_numpy()) for r in (train_rows, test_rows))
+    ly, ty = (np.stack(r["labels"].to_numpy()) for r in (train_rows, test_rows))
+    return logistic_probe_f1(x, ly, y, ty)
+
+
+def test_the_fexp_probe_of_a_fold_sees_the_rows_the_fold_trains_and_is_scored_on(toy_prep):
+    cfg = load_config("smoke", [f"data.prep={toy_prep}", "data.max_rows=60"])
+    # max_rows=60 keeps whole shards: part-0000 alone, its 24 rows of part 2 to fit the
+    # probe and its 48 rows of part 1 to score it (part-0001 would pass 60 either way)
+    first = pq.read_table(toy_prep / "bp4d" / "faces" / "part-0000.parquet").to_pandas()
+    train_rows, test_rows = first[first["fold"] == 2], first[first["fold"] == 1]
+    assert (len(train_rows), len(test_rows)) == (24, 48)
+    assert finetune.probe_skip_reason(cfg) == ""
+    f1 = finetune.fold_probe_f1(cfg, 1)
+    np.testing.assert_array_equal(f1, probe_on(train_rows, test_rows))
+    assert f1.mean() > 0.8  # the toy f_exp carries the AUs
+
+
+def test_a_cross_dataset_probe_scores_all_of_the_eval_dataset_or_says_why_not(toy_prep, tmp_path):
+    cfg = load_config("smoke", [f"data.prep={toy_prep}", "finetune.eval_dataset=bp4dplus"])
+    bp4d, plus = faces(toy_prep, "bp4d"), faces(toy_prep, "bp4dplus")
+    expected = probe_on(bp4d[bp4d["fold"].isin([2, 3])], plus)
+    assert finetune.probe_skip_reason(cfg) == ""
+    np.testing.assert_array_equal(finetune.fold_probe_f1(cfg, 1), expected)
+    prep = tmp_path / "prep"
+    for name in ("bp4d", "bp4dplus"):
+        shutil.copytree(toy_prep / name, prep / name)
+    manifest = json.loads((prep / "bp4dplus" / "manifest.json").read_text())
+    manifest["expression_names"] = [f"blend{j}" for j in range(51)]  # another 3DMM
+    (prep / "bp4dplus" / "manifest.json").write_text(json.dumps(manifest))
+    other = load_config("smoke", [f"data.prep={prep}", "finetune.eval_dataset=bp4dplus"])
+    assert "different 3DMM expression bases" in finetune.probe_skip_reason(other)
+
+
+def test_results_say_why_the_probe_was_skipped(tmp_path):
+    cfg = load_config("smoke", [f"resources.storage_path={tmp_path}"])
+    f1 = {1: np.array([0.5, 0.6, 0.2])}
+    why = "bp4d and disfa were fitted with different 3DMM expression bases"
+    result = train.FinetuneResult(["AU1", "AU2", "AU4"], {}, f1, f1, probe_skipped=why)
+    table = train.write_results(cfg, result).read_text()
+    assert "| always-present (mean) |" in table and "| f_exp probe (mean) |" not in table
+    assert f"f_exp probe not run: {why}" in table
+    assert f"f_exp probe not run: {why}" in ExperimentResult(result, None, None, {}).summary()
 
 
 def test_chain_mining_adds_triplets_the_chains_prove():
@@ -117,8 +175,18 @@ def test_run_folder_holds_tables_metrics_config_and_events(toy_runs):
     table = (run / "results.md").read_text()
     assert "| fold1 |" in table and "| mean |" in table and "AU4" in table
     assert "finetune:" in table  # the full config travels with the results
+    # beside the f_exp probe of the same fold and always-present, and what the network adds
+    probe = ft.comparison().loc["f_exp probe (mean)", "Avg"]
+    assert ft.probe_f1[1].shape == (3,) and probe == pytest.approx(100 * ft.probe_f1[1].mean())
+    for row in ("GLEE-Net (mean)", "f_exp probe (mean)", "always-present (mean)"):
+        assert f"| {row} |" in table
+    gain = 100 * (ft.mean_f1.mean() - ft.probe_f1[1].mean())
+    assert f"what GLEE-Net adds over the f_exp probe: {gain:+.1f}" in table
+    summary = ExperimentResult(ft, None, None, {"finetune": 1.0}).summary()
+    assert "f_exp probe (mean)" in summary and f"f_exp probe {probe:.1f}" in summary
+    assert f"what GLEE-Net adds over the f_exp probe: {gain:+.1f}" in summary
     csv = (run / "results.csv").read_text().splitlines()
-    assert csv[0].startswith("Method,AU1,AU2,AU4,Avg") and len(csv) == 3
+    assert csv[0].startswith("Method,AU1,AU2,AU4,Avg") and len(csv) == 3  # folds + mean only
     rows = read_metrics_csv(run / "metrics.csv")
     assert [(r["run"], r["epoch"]) for r in rows] == [
         ("pretrain", "0"),
