@@ -140,6 +140,10 @@ class ResourcesSection:
     # (jobs/preprocess.py --num-gpus), its fit on CPU actors; 0: CPU actors only. Here, not
     # in `data`: it changes where the rows are computed, not the rows (nor the run hashes).
     preprocess_gpus: float = 0.0
+    # A training split whose decoded faces fit this many MiB is decoded once into Ray's
+    # object store and read from there every epoch; a larger one streams from its Parquet
+    # shards each epoch (glee_platform.training_data). 0: always stream.
+    decoded_once_mib: int = 512
 
     def check(self) -> None:
         at_least("resources.num_workers", self.num_workers, 1)
@@ -150,6 +154,7 @@ class ResourcesSection:
         choice("resources.precision", self.precision, PRECISIONS)
         at_least("resources.gpu_wait_s", self.gpu_wait_s, 0.0)
         at_least("resources.preprocess_gpus", self.preprocess_gpus, 0.0)
+        at_least("resources.decoded_once_mib", self.decoded_once_mib, 0)
 
     @property
     def threads(self) -> int:

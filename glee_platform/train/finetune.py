@@ -135,7 +135,10 @@ def run_finetune_fold(
     mirror = expression_mirror(expression_names(manifest), gcfg.expr_dim)
     datasets = {
         "train": decoded_once_if_small(
-            face_dataset(train_split, train=True, seed=cfg.seed), train_split, f"{run} training"
+            face_dataset(train_split, train=True, seed=cfg.seed),
+            train_split,
+            f"{run} training",
+            limit=cfg.resources.decoded_once_mib * 2**20,
         ),
         "eval": face_dataset(eval_split, train=False),
     }

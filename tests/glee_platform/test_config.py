@@ -52,6 +52,7 @@ def test_preset_by_name_and_overrides():
         ("finetune.lrr=0.1", ["finetune.lrr", "allowed keys", "lr"]),
         ("data.dataset=ck+", ["data.dataset", "bp4d", "disfa"]),
         ("model.preset=huge", ["model.preset", "tiny", "paper"]),
+        ("resources.decoded_once_mib=-1", ["resources.decoded_once_mib", ">= 0"]),
     ],
 )
 def test_bad_values_name_the_field_and_the_allowed_values(override, words):
