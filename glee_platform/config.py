@@ -104,6 +104,9 @@ class FinetuneSection:
     folds: list[int] = field(default_factory=lambda: [1, 2, 3])
     init: str = "pretrain"  # "pretrain": start from the pretraining checkpoint; "none"
     eval_dataset: str = ""  # cross-dataset: evaluate on all of this dataset
+    # Not in the paper: also weigh each AU's positives against its negatives in the loss
+    # (glee.training.losses.au_balance_weights); false is Sec. IV-B's loss.
+    class_balance: bool = False
 
     def check(self) -> None:
         positive("finetune.lr", self.lr)

@@ -56,7 +56,27 @@ def au_class_weights(labels: np.ndarray | torch.Tensor) -> torch.Tensor:
     return weights.to(torch.float32)
 
 
-def weighted_bce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def au_balance_weights(labels: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(2, n_au): per AU, the weight of its positive and of its negative labels that makes
+    the two count equally (known / (2 positives), known / (2 negatives); a class with no
+    label counts as one). Not in the paper: Sec. IV-B weighs AUs against each other only,
+    and on the demo's data its head predicted the rare AUs absent (0 F1) where a balanced
+    logistic regression on f_exp did not (`finetune.class_balance`, off by default)."""
+    lab = torch.as_tensor(np.asarray(labels) if not torch.is_tensor(labels) else labels)
+    if lab.dim() != 2:
+        raise ValueError(f"labels must be (N, n_au), got shape {tuple(lab.shape)}")
+    known = (lab >= 0).sum(dim=0).to(torch.float64).clamp(min=1.0)
+    pos = (lab == 1).sum(dim=0).to(torch.float64).clamp(min=1.0)
+    neg = (lab == 0).sum(dim=0).to(torch.float64).clamp(min=1.0)
+    return torch.stack([known / (2 * pos), known / (2 * neg)]).to(torch.float32)
+
+
+def weighted_bce(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    balance: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Weighted BCE over known labels (Sec. III-D): L = -(1/N_au) sum_i w_i [g log p + (1-g) log(1-p)].
 
     logits and labels are (B, n_au), labels 1 / 0 / -1 (unknown, masked); weights (n_au,).
@@ -74,19 +94,29 @@ def weighted_bce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tens
     mask = labels >= 0
     target = labels.clamp(min=0).to(logits.dtype)
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")  # (B, n_au)
+    if balance is not None:  # (2, n_au) from au_balance_weights: positives, negatives
+        bce = bce * torch.where(target > 0.5, balance[0], balance[1]).to(logits.dtype)
     weighted = bce * weights.to(logits.dtype) * mask
     count = mask.sum()
     return weighted.sum() / count.clamp(min=1)
 
 
 def au_loss(
-    initial: torch.Tensor, final: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
+    initial: torch.Tensor,
+    final: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    balance: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Sec. III-D: weighted BCE on the initial and on the final predictions, summed."""
-    return weighted_bce(initial, labels, weights) + weighted_bce(final, labels, weights)
+    """Sec. III-D: weighted BCE on the initial and on the final predictions, summed;
+    `balance` (au_balance_weights) also weighs each AU's positives against its negatives."""
+    return weighted_bce(initial, labels, weights, balance) + weighted_bce(
+        final, labels, weights, balance
+    )
 
 
 __all__ = [
+    "au_balance_weights",
     "au_class_weights",
     "au_loss",
     "triplet_loss",

@@ -12,7 +12,7 @@ import torch
 
 from glee.evaluation.probe import logistic_probe_f1
 from glee.training.augmentation import expression_mirror
-from glee.training.losses import au_class_weights
+from glee.training.losses import au_balance_weights, au_class_weights
 from glee_platform.config import ConfigError, ExperimentConfig
 from glee_platform.prepared import (
     FaceSplit,
@@ -152,6 +152,9 @@ def run_finetune_fold(
         "eval_every": ft.eval_every,
         "au_names": au_names,
         "au_weights": au_class_weights(train_split.labels).tolist(),
+        "au_balance": (
+            au_balance_weights(train_split.labels).tolist() if ft.class_balance else None
+        ),
         "expr_mirror": mirror.tolist(),
         "init_checkpoint": str(init_checkpoint) if init_checkpoint is not None else None,
     }

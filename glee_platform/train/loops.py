@@ -144,6 +144,9 @@ def finetune_loop(config: dict[str, Any]) -> None:
     if config.get("init_checkpoint"):
         load_pretrained_branches(net, config["init_checkpoint"])
     weights = torch.as_tensor(config["au_weights"], dtype=torch.float32, device=worker.device)
+    balance = None
+    if config.get("au_balance") is not None:  # finetune.class_balance
+        balance = torch.as_tensor(config["au_balance"], dtype=torch.float32, device=worker.device)
     au_names = list(config["au_names"])
     eval_shard = ray.train.get_dataset_shard("eval")
     every = int(config["eval_every"])
@@ -158,7 +161,7 @@ def finetune_loop(config: dict[str, Any]) -> None:
 
     def loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         initial, final = model(_images(batch, config), batch["expression"])
-        return au_loss(initial, final, batch["labels"], weights)  # Sec. III-D
+        return au_loss(initial, final, batch["labels"], weights, balance)  # Sec. III-D
 
     def evaluate(epoch: int, opt: Optimisation) -> dict[str, Any]:
         """Per-AU F1 of the final predictions over this rank's share, all ranks' counts."""
@@ -174,7 +177,8 @@ def finetune_loop(config: dict[str, Any]) -> None:
             initial, final = initial.float(), final.float()
             acc.update(final, batch["labels"])
             n = float(len(final))
-            sums.add(loss=au_loss(initial, final, batch["labels"], weights) * n, count=n)
+            loss = au_loss(initial, final, batch["labels"], weights, balance)
+            sums.add(loss=loss * n, count=n)
         collectives = Collectives(worker.device)
         total = F1Accumulator(len(au_names))
         total.merge(collectives.all_reduce(acc.state()).cpu())

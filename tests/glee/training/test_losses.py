@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from glee.datasets.fec import DEFAULT_MARGINS
-from glee.training.losses import au_class_weights, au_loss, triplet_loss, weighted_bce
+from glee.training.losses import (
+    au_balance_weights,
+    au_class_weights,
+    au_loss,
+    triplet_loss,
+    weighted_bce,
+)
 
 
 def _t(rows):
@@ -118,3 +124,24 @@ def test_au_loss_sums_initial_and_final():
     assert au_loss(ini, fin, labels, w).item() == pytest.approx(expected.item())
     with pytest.raises(ValueError, match="weights must be"):
         weighted_bce(ini, labels, torch.ones(2))
+
+
+def test_balance_weights_make_an_aus_positives_count_as_much_as_its_negatives():
+    labels = torch.tensor([[1, 0], [0, 0], [0, -1], [0, 1]])  # AU a: 1 of 4, AU b: 1 of 3
+    balance = au_balance_weights(labels)
+    torch.testing.assert_close(balance, torch.tensor([[2.0, 1.5], [4 / 6, 0.75]]))
+    for j in range(2):  # summed over the known labels, the two classes weigh the same
+        known = labels[:, j] >= 0
+        w = torch.where(labels[known, j] == 1, balance[0, j], balance[1, j])
+        assert w[labels[known, j] == 1].sum() == pytest.approx(w[labels[known, j] == 0].sum())
+    # an all-absent prediction, which Sec. IV-B's loss lets rare AUs settle on, costs more
+    logits = torch.full((4, 2), -3.0)
+    ones = torch.ones(2)
+    assert weighted_bce(logits, labels, ones, balance) > weighted_bce(logits, labels, ones)
+    # by hand: the balanced BCE of entry (b, i) is scaled by its class's weight
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, labels.clamp(min=0).float(), reduction="none"
+    )
+    scale = torch.where(labels == 1, balance[0], balance[1]) * (labels >= 0)
+    expected = (bce * scale).sum() / (labels >= 0).sum()
+    torch.testing.assert_close(weighted_bce(logits, labels, ones, balance), expected)
