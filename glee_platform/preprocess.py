@@ -299,7 +299,30 @@ def content_cuts(keys: list[str], size: int) -> list[int]:
 
 
 # -- the actor -----------------------------------------------------------------------------
-class ShardWorker:
+class _ShardWriter:
+    """What both writing actors share: each shard's rows and errors to its files, the
+    counts back to the driver, and the test hook that fails after `fail_after` shards."""
+
+    def __init__(self, out: str, table: str, fail_after: int | None) -> None:
+        self.out = Path(out)
+        self.table = table
+        self.fail_after = fail_after  # test hook: raise after this many shards
+        self.done = 0
+
+    def _write(self, shards: Any, results: Any) -> dict:
+        """`results`: (rows, errors) of each shard in `shards`, produced as they are asked."""
+        ok, failed = [], []
+        for shard, (rows, errors) in zip(shards, results):
+            write_shard(self.out, self.table, str(shard), rows, errors)
+            ok.append(len(rows))
+            failed.append(len(errors))
+            self.done += 1
+            if self.fail_after is not None and self.done >= self.fail_after:
+                raise RuntimeError(f"injected failure after {self.done} shard(s)")
+        return {"shard": list(shards), "ok": ok, "failed": failed}
+
+
+class ShardWorker(_ShardWriter):
     """One per actor: the landmark backend, detector and morphable model load once here."""
 
     def __init__(self, cfg: dict, root: str, out: str, table: str, fail_after: int | None = None):
@@ -311,22 +334,11 @@ class ShardWorker:
         # load no network, and importing torch only to set this costs ~1.5 s per actor.
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(1)
-        self.out = Path(out)
-        self.table = table
-        self.fail_after = fail_after  # test hook: raise after this many shards
-        self.done = 0
+        super().__init__(out, table, fail_after)
 
     def __call__(self, batch: dict) -> dict:
-        ok, failed = [], []
-        for shard, items_json in zip(batch["shard"], batch["items"]):
-            rows, errors = self.pre.process(json.loads(items_json))
-            write_shard(self.out, self.table, str(shard), rows, errors)
-            ok.append(len(rows))
-            failed.append(len(errors))
-            self.done += 1
-            if self.fail_after is not None and self.done >= self.fail_after:
-                raise RuntimeError(f"injected failure after {self.done} shard(s)")
-        return {"shard": list(batch["shard"]), "ok": ok, "failed": failed}
+        items = (self.pre.process(json.loads(i)) for i in batch["items"])
+        return self._write(batch["shard"], items)
 
 
 class ShardLandmarks:
@@ -351,7 +363,7 @@ class ShardLandmarks:
         return {"shard": list(batch["shard"]), "staged": [s.to_bytes() for s in staged]}
 
 
-class ShardFit:
+class ShardFit(_ShardWriter):
     """The CPU stage, one per actor: `fit_and_align` on each staged shard, then its file."""
 
     def __init__(self, cfg: dict, out: str, table: str, fail_after: int | None = None):
@@ -359,22 +371,11 @@ class ShardFit:
 
         cv2.setNumThreads(1)
         self.pre = FacePreprocessor(PreprocessConfig(**cfg), fit_only=True)
-        self.out = Path(out)
-        self.table = table
-        self.fail_after = fail_after  # test hook: raise after this many shards
-        self.done = 0
+        super().__init__(out, table, fail_after)
 
     def __call__(self, batch: dict) -> dict:
-        ok, failed = [], []
-        for shard, data in zip(batch["shard"], batch["staged"]):
-            rows, errors = self.pre.fit_and_align(StagedFaces.from_bytes(data))
-            write_shard(self.out, self.table, str(shard), rows, errors)
-            ok.append(len(rows))
-            failed.append(len(errors))
-            self.done += 1
-            if self.fail_after is not None and self.done >= self.fail_after:
-                raise RuntimeError(f"injected failure after {self.done} shard(s)")
-        return {"shard": list(batch["shard"]), "ok": ok, "failed": failed}
+        staged = (self.pre.fit_and_align(StagedFaces.from_bytes(d)) for d in batch["staged"])
+        return self._write(batch["shard"], staged)
 
 
 def write_shard(out: Path, table: str, shard: str, rows: list[dict], errors: list[dict]) -> None:

@@ -142,6 +142,24 @@ def _torch_home(torch_home: str | os.PathLike | None) -> Iterator[None]:
             os.environ["TORCH_HOME"] = old
 
 
+def _fan_input(image: np.ndarray | None, box: np.ndarray | None):
+    """(RGB image, face box as 4 floats) for FAN; the box None where it is not a box (not
+    finite, or empty), and the whole image where none is given. A missing or non-RGB image
+    is a ValueError."""
+    if image is None:
+        raise ValueError("the fan landmark backend needs the image")
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an RGB image of shape (H, W, 3), got {image.shape}")
+    if box is None:
+        h, w = image.shape[:2]
+        box = np.array([0.0, 0.0, w - 1.0, h - 1.0])
+    box = np.asarray(box, np.float64).reshape(4)
+    if not np.isfinite(box).all() or box[2] <= box[0] or box[3] <= box[1]:
+        return image, None
+    return image, box
+
+
 class FanLandmarks:
     """face-alignment's 2D FAN on a given box (its own face detector is bypassed).
 
@@ -185,16 +203,8 @@ class FanLandmarks:
         key: tuple[str, str, int],
         box: np.ndarray | None,
     ) -> np.ndarray | None:
-        if image is None:
-            raise ValueError("the fan landmark backend needs the image")
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected an RGB image of shape (H, W, 3), got {image.shape}")
+        image, box = _fan_input(image, box)
         if box is None:
-            h, w = image.shape[:2]
-            box = np.array([0.0, 0.0, w - 1.0, h - 1.0])
-        box = np.asarray(box, np.float64).reshape(4)
-        if not np.isfinite(box).all() or box[2] <= box[0] or box[3] <= box[1]:
             return None
         out = self._fa.get_landmarks_from_image(image, detected_faces=[box])
         if not out:
@@ -216,16 +226,8 @@ class FanLandmarks:
         out: list[np.ndarray | None] = [None] * len(faces)
         todo, centers, scales, crops = [], [], [], []
         for i, (image, box) in enumerate(faces):
-            if image is None:
-                raise ValueError("the fan landmark backend needs the image")
-            image = np.asarray(image)
-            if image.ndim != 3 or image.shape[2] != 3:
-                raise ValueError(f"expected an RGB image of shape (H, W, 3), got {image.shape}")
-            if box is None:
-                h, w = image.shape[:2]
-                box = np.array([0.0, 0.0, w - 1.0, h - 1.0])
-            d = np.asarray(box, np.float64).reshape(4)
-            if not np.isfinite(d).all() or d[2] <= d[0] or d[3] <= d[1]:
+            image, d = _fan_input(image, box)
+            if d is None:
                 continue
             center = np.array([d[2] - (d[2] - d[0]) / 2.0, d[3] - (d[3] - d[1]) / 2.0])
             center[1] = center[1] - (d[3] - d[1]) * CENTER_Y_OFFSET
