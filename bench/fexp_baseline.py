@@ -35,16 +35,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from glee.evaluation.metrics import au_f1, f1_table, fold_average, to_markdown
+from glee.evaluation.metrics import f1_table, fold_average, to_markdown
 from glee.evaluation.probe import fexp_probe_f1
-from glee_platform.evaluate import evaluate_checkpoint
+from glee_platform.evaluate import EvaluationError, input_reliance
 from glee_platform.prepared import DataError, always_present_f1, read_manifest
-from glee_platform.run_folder import (
-    RunFolderError,
-    finished_folds,
-    fold_checkpoint,
-    load_run_config,
-)
+from glee_platform.run_folder import RunFolderError, finished_folds
 
 FOLDS = (1, 2, 3)
 KEY = ["subject", "task", "frame"]
@@ -80,39 +75,6 @@ def glee_mean(run: Path) -> dict[str, np.ndarray]:
     if "mean" not in df.index:
         return {}
     return {f"GLEE-Net ({run.name})": df.loc["mean"].drop("Avg").to_numpy(float) / 100.0}
-
-
-def input_reliance(run: Path, prep: Path, dataset: str, seed: int) -> dict[str, list[float]]:
-    """Per fold, mean F1 of the run's head with its inputs intact / E_exp / f_exp permuted."""
-    import torch
-
-    from glee.model.glee_net import GLEENet
-    from glee.model.inference import load_model_weights
-    from glee_platform.train import model_config
-
-    cfg = load_run_config(run)
-    au_names = list(read_manifest(prep, dataset)["au_names"])
-    gcfg = model_config(cfg, len(au_names))
-    if not (gcfg.has_embedding and gcfg.use_3d):
-        raise RunFolderError(f"{run.name}: the head has only one input ({gcfg.ablation})")
-    out: dict[str, list[float]] = {"intact": [], "E_exp permuted": [], "f_exp permuted": []}
-    for k in finished_folds(run):
-        ckpt = fold_checkpoint(run, k)
-        ev = evaluate_checkpoint(
-            gcfg.to_dict(), ckpt, prep, dataset, [k], model_fold=k, threads=os.cpu_count() or 1
-        )
-        net = load_model_weights(GLEENet(gcfg), ckpt)
-        perm = torch.from_numpy(np.random.default_rng(seed + k).permutation(len(ev.labels)))
-        e, f = torch.from_numpy(ev.e_exp), torch.from_numpy(ev.f_exp)
-        with torch.no_grad():
-            for name, (ee, ff) in {
-                "intact": (e, f),
-                "E_exp permuted": (e[perm], f),
-                "f_exp permuted": (e, f[perm]),
-            }.items():
-                _, final = net.forward_head(ee, ff)
-                out[name].append(100 * au_f1(final, ev.labels).mean())
-    return out
 
 
 def main() -> None:
@@ -164,8 +126,8 @@ def main() -> None:
             print(f"{run}: no finished fold, skipped")
             continue
         try:
-            reliance = input_reliance(run, args.prep, args.dataset, args.seed)
-        except RunFolderError as exc:
+            reliance = input_reliance(run, args.seed)
+        except (EvaluationError, RunFolderError) as exc:
             print(f"{run}: skipped ({exc})")
             continue
         print(f"{run.name}: mean F1 per fold (%) of the trained head")

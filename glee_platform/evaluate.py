@@ -154,6 +154,72 @@ def evaluate_checkpoint(
     )
 
 
+PERMUTED_INPUTS = ("intact", "E_exp permuted", "f_exp permuted")
+
+
+def permuted_head_f1(
+    head, e_exp: np.ndarray, f_exp: np.ndarray, labels: np.ndarray, perm: np.ndarray
+) -> dict[str, float]:
+    """Mean F1 (%) of an AU head (Sec. III-D: `head(E_exp, f_exp) -> (initial, final)`
+    logits) with its inputs intact, then with E_exp, then with f_exp, given to each face
+    from face `perm[i]`; the other input is left as is. A head that ignores an input loses
+    nothing when that input is permuted."""
+    import torch
+
+    from glee.evaluation.metrics import au_f1
+
+    perm = np.asarray(perm)
+    if sorted(perm.tolist()) != list(range(len(labels))):
+        raise ValueError(f"perm is not a permutation of the {len(labels)} faces")
+    e, f = torch.from_numpy(np.asarray(e_exp)), torch.from_numpy(np.asarray(f_exp))
+    idx = torch.from_numpy(perm)
+    inputs = {"intact": (e, f), "E_exp permuted": (e[idx], f), "f_exp permuted": (e, f[idx])}
+    out: dict[str, float] = {}
+    with torch.no_grad():
+        for name, (ee, ff) in inputs.items():
+            _, final = head(ee, ff)
+            out[name] = 100.0 * float(au_f1(final.numpy(), labels).mean())
+    return out
+
+
+def input_reliance(run_dir: str | os.PathLike, seed: int = 0) -> dict[str, list[float]]:
+    """Per finished fold of a finetune run folder, `permuted_head_f1` of the fold's
+    checkpoint on its test part (the faces and F1 of the training job), the faces' order
+    permuted with seed `seed + fold`: {"intact": [...], "E_exp permuted": [...], ...}."""
+    from glee.model.config import GLEEConfig
+    from glee.model.glee_net import build_glee_net
+    from glee.model.inference import load_model_weights
+    from glee_platform.train import model_config
+
+    cfg = load_run_config(run_dir)
+    au_names = list(read_manifest(cfg.prep_dir, cfg.data.dataset)["au_names"])
+    gcfg = model_config(cfg, len(au_names))
+    if not (gcfg.has_embedding and gcfg.use_3d):
+        raise EvaluationError(
+            f"{Path(run_dir).name}: the AU head has one input only (ablation {gcfg.ablation})"
+        )
+    out: dict[str, list[float]] = {name: [] for name in PERMUTED_INPUTS}
+    for k in finished_folds(run_dir):
+        ckpt = fold_checkpoint(run_dir, k)
+        ev = evaluate_checkpoint(
+            gcfg.to_dict(),
+            ckpt,
+            cfg.prep_dir,
+            cfg.data.dataset,
+            [k],
+            model_fold=k,
+            max_rows=cfg.data.max_rows,
+            threads=os.cpu_count() or 1,
+        )
+        net = load_model_weights(build_glee_net(GLEEConfig.from_dict(gcfg.to_dict())), ckpt)
+        perm = np.random.default_rng(seed + k).permutation(len(ev.labels))
+        for name, value in permuted_head_f1(
+            net.forward_head, ev.e_exp, ev.f_exp, ev.labels, perm
+        ).items():
+            out[name].append(value)
+    return out
+
+
 # --------------------------------------------------------------------------- a run folder
 
 
@@ -449,12 +515,15 @@ def _write_plots(result: RunEvaluation, tsne_max_points: int, seed: int) -> dict
 
 
 __all__ = [
+    "PERMUTED_INPUTS",
     "EvaluationError",
     "FoldEvaluation",
     "RunEvaluation",
     "evaluate_checkpoint",
     "evaluate_run",
     "fold_checkpoint",
+    "input_reliance",
+    "permuted_head_f1",
     "load_run_config",
     "table_with_paper",
     "write_table",

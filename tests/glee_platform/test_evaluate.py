@@ -21,7 +21,13 @@ from glee.model.glee_net import GLEENet
 from glee.model.inference import infer, load_model_weights
 from glee.training.augmentation import center_crop, to_model_input
 from glee_platform import prepared
-from glee_platform.evaluate import EvaluationError, evaluate_run
+from glee_platform.evaluate import (
+    PERMUTED_INPUTS,
+    EvaluationError,
+    evaluate_run,
+    input_reliance,
+    permuted_head_f1,
+)
 from glee_platform.run_folder import RunFolderError, fold_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -193,6 +199,47 @@ def test_a_moved_run_folder_still_finds_its_checkpoints(full_run, tmp_path):
     assert ckpt.name == fold_checkpoint(run, 1).name
     with pytest.raises(RunFolderError, match="fold 2 .* has no checkpoint"):
         fold_checkpoint(moved, 2)
+
+
+def test_permuting_an_input_costs_only_a_head_that_reads_it():
+    # a head that reads f_exp only (a linear rule per AU) and ignores E_exp
+    rng = np.random.default_rng(0)
+    f_exp = rng.normal(size=(200, 6)).astype(np.float32)
+    e_exp = rng.normal(size=(200, 4)).astype(np.float32)
+    labels = (f_exp[:, :3] > 0).astype(np.int8)
+
+    def head(e, f):
+        logits = 5 * f[:, :3] + 0 * e[:, :1]
+        return logits, logits
+
+    perm = rng.permutation(200)
+    out = permuted_head_f1(head, e_exp, f_exp, labels, perm)
+    assert list(out) == list(PERMUTED_INPUTS)
+    assert out["intact"] == pytest.approx(100.0)
+    assert out["E_exp permuted"] == pytest.approx(100.0)
+    assert out["f_exp permuted"] < 70  # another face's f_exp: about chance
+    identity = permuted_head_f1(head, e_exp, f_exp, labels, np.arange(200))
+    assert identity["f_exp permuted"] == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="not a permutation"):
+        permuted_head_f1(head, e_exp, f_exp, labels, np.zeros(200, int))
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_input_reliance_starts_from_the_training_jobs_own_f1(full_run, tmp_path):
+    import torch
+
+    run, _ = full_run
+    out = input_reliance(run, seed=0)
+    hist = torch.load(fold_checkpoint(run, 1) / "state.pt", weights_only=True)["history"][-1]
+    assert out["intact"] == [pytest.approx(100 * hist["val_mean_f1"], abs=1e-6)]
+    assert len(out["E_exp permuted"]) == len(out["f_exp permuted"]) == 1
+    # w/o 3DGB has no f_exp input: nothing to permute, one line says so
+    text = (run / "config.yaml").read_text()
+    assert "ablation: full" in text
+    (tmp_path / "config.yaml").write_text(text.replace("ablation: full", "ablation: wo_3dgb"))
+    with pytest.raises(EvaluationError, match="one input only"):
+        input_reliance(tmp_path, seed=0)
 
 
 def test_a_folder_that_is_not_a_run_is_one_clear_line(tmp_path):
