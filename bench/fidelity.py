@@ -64,17 +64,17 @@ def summarize(
     ablations: dict[int, AblationResult], reliance: dict[int, dict[str, list[float]]]
 ) -> dict:
     """The five numbers and their parts from the seed runs (seed 0 has every variant)."""
+    avgs = {s: a.avg() for s, a in ablations.items()}  # seed -> variant -> Avg
     first = min(ablations)
-    table_v = ablations[first]
-    full = {s: a.avg()["full"] for s, a in ablations.items()}
-    gains = {s: a.avg()["full"] - a.avg()["wo_pretrain"] for s, a in ablations.items()}
+    full = {s: avg["full"] for s, avg in avgs.items()}
+    gains = {s: avg["full"] - avg["wo_pretrain"] for s, avg in avgs.items()}
     costs = {
         s: float(np.mean(r["intact"]) - np.mean(r["E_exp permuted"])) for s, r in reliance.items()
     }
-    full_result = table_v.variants["full"]
-    orderings = paper_orderings(table_v.avg())
+    full_result = ablations[first].variants["full"]
+    orderings = paper_orderings(avgs[first])
     return {
-        "image_only": table_v.avg()["wo_3dgb"],
+        "image_only": avgs[first]["wo_3dgb"],
         "full": float(np.mean(list(full.values()))),
         "probe": mean_pct(full_result.probe_f1),
         "always_present": mean_pct(full_result.baseline_f1),
@@ -86,7 +86,7 @@ def summarize(
         "per_seed": {
             s: {
                 "full": full[s],
-                "wo_pretrain": ablations[s].avg()["wo_pretrain"],
+                "wo_pretrain": avgs[s]["wo_pretrain"],
                 "gain": gains[s],
                 "perm_cost": costs[s],
                 "full_folds": {
@@ -98,7 +98,7 @@ def summarize(
             }
             for s in ablations
         },
-        "table_v": table_v.avg(),
+        "table_v": avgs[first],
         "probe_folds": {k: 100.0 * float(v.mean()) for k, v in full_result.probe_f1.items()},
     }
 

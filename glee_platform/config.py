@@ -145,7 +145,9 @@ class ResourcesSection:
     preprocess_gpus: float = 0.0
     # A training split whose decoded faces fit this many MiB is decoded once into Ray's
     # object store and read from there every epoch; a larger one streams from its Parquet
-    # shards each epoch (glee_platform.training_data). 0: always stream.
+    # shards each epoch (glee_platform.training_data). 0: always stream. At the demo's size
+    # a new streaming read per epoch cost about 5 s an epoch (bench/train_throughput.py);
+    # streaming keeps a worker's own memory nearly flat as data grows (bench/data_memory.py).
     decoded_once_mib: int = 512
 
     def check(self) -> None:

@@ -115,18 +115,48 @@ def evaluate_checkpoint(
     threads: int = 1,
 ) -> FoldEvaluation:
     """Run one checkpoint over the faces of `folds` of a preprocessed dataset (no Ray)."""
+    return evaluate_model(
+        load_checkpoint_model(model, checkpoint),
+        prep,
+        dataset,
+        folds,
+        model_fold=model_fold,
+        max_rows=max_rows,
+        batch_size=batch_size,
+        threads=threads,
+    )
+
+
+def load_checkpoint_model(model: dict[str, Any], checkpoint: str | os.PathLike):
+    """The GLEENet of config dict `model` with the weights of `checkpoint`."""
+    from glee.model.config import GLEEConfig
+    from glee.model.glee_net import build_glee_net
+    from glee.model.inference import load_model_weights
+
+    return load_model_weights(build_glee_net(GLEEConfig.from_dict(model)), checkpoint)
+
+
+def evaluate_model(
+    net,
+    prep: str | os.PathLike,
+    dataset: str,
+    folds: list[int],
+    *,
+    model_fold: int,
+    max_rows: int = 0,
+    batch_size: int = 64,
+    threads: int = 1,
+) -> FoldEvaluation:
+    """Run a loaded model (`load_checkpoint_model`) over the faces of `folds` (no Ray)."""
     import torch
 
     from glee.datasets.images import decode_images
-    from glee.model.config import GLEEConfig
-    from glee.model.glee_net import build_glee_net
-    from glee.model.inference import Outputs, infer, load_model_weights
+    from glee.model.inference import Outputs, infer
 
     torch.set_num_threads(max(1, int(threads)))
     t0 = time.perf_counter()
     prep = Path(prep)
     au_names = list(read_manifest(prep, dataset)["au_names"])
-    net = load_model_weights(build_glee_net(GLEEConfig.from_dict(model)), checkpoint)
     outs: list[Outputs] = []
     keys: list[pd.DataFrame] = []
     labels, f_exp = [], []
@@ -186,9 +216,6 @@ def input_reliance(run_dir: str | os.PathLike, seed: int = 0) -> dict[str, list[
     """Per finished fold of a finetune run folder, `permuted_head_f1` of the fold's
     checkpoint on its test part (the faces and F1 of the training job), the faces' order
     permuted with seed `seed + fold`: {"intact": [...], "E_exp permuted": [...], ...}."""
-    from glee.model.config import GLEEConfig
-    from glee.model.glee_net import build_glee_net
-    from glee.model.inference import load_model_weights
     from glee_platform.train import model_config
 
     cfg = load_run_config(run_dir)
@@ -200,10 +227,9 @@ def input_reliance(run_dir: str | os.PathLike, seed: int = 0) -> dict[str, list[
         )
     out: dict[str, list[float]] = {name: [] for name in PERMUTED_INPUTS}
     for k in finished_folds(run_dir):
-        ckpt = fold_checkpoint(run_dir, k)
-        ev = evaluate_checkpoint(
-            gcfg.to_dict(),
-            ckpt,
+        net = load_checkpoint_model(gcfg.to_dict(), fold_checkpoint(run_dir, k))
+        ev = evaluate_model(
+            net,
             cfg.prep_dir,
             cfg.data.dataset,
             [k],
@@ -211,7 +237,6 @@ def input_reliance(run_dir: str | os.PathLike, seed: int = 0) -> dict[str, list[
             max_rows=cfg.data.max_rows,
             threads=os.cpu_count() or 1,
         )
-        net = load_model_weights(build_glee_net(GLEEConfig.from_dict(gcfg.to_dict())), ckpt)
         perm = np.random.default_rng(seed + k).permutation(len(ev.labels))
         for name, value in permuted_head_f1(
             net.forward_head, ev.e_exp, ev.f_exp, ev.labels, perm
@@ -520,11 +545,13 @@ __all__ = [
     "FoldEvaluation",
     "RunEvaluation",
     "evaluate_checkpoint",
+    "evaluate_model",
     "evaluate_run",
     "fold_checkpoint",
     "input_reliance",
-    "permuted_head_f1",
+    "load_checkpoint_model",
     "load_run_config",
+    "permuted_head_f1",
     "table_with_paper",
     "write_table",
 ]

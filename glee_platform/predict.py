@@ -149,9 +149,10 @@ def choose_engine(
 ) -> tuple[str, str]:
     """(engine, why): "local" or "ray" for `frames` frames, `cpus` CPUs for actors.
 
-    "auto" is "ray" on a cluster or when `num_actors` is given, else whichever the measured rates (ACTOR_*, LOCAL_*)
-    expect to finish first: LOCAL_START_S + frames / LOCAL_FRAMES_PER_S in this process
-    against ACTOR_START_S + frames / (cpus * ACTOR_FRAMES_PER_S) over a pool of actors."""
+    "auto" is "ray" on a cluster or when `num_actors` is given, else whichever the
+    measured rates (ACTOR_*, LOCAL_*) expect to finish first: LOCAL_START_S + frames /
+    LOCAL_FRAMES_PER_S in this process against ACTOR_START_S + frames / (cpus *
+    ACTOR_FRAMES_PER_S) over a pool of actors."""
     from glee_platform.session import on_cluster
 
     if engine not in ENGINES:

@@ -46,12 +46,6 @@ TRIPLET_COLUMNS = ["anchor", "positive", "negative", "triplet_type", "margin", "
 # A TripletFaces actor mostly waits on the trainer; half a CPU lets a training and an
 # evaluation pool share the one CPU a 2-core machine leaves beside the Train worker.
 TRIPLET_ACTOR_CPUS = 0.5
-# The default of resources.decoded_once_mib: a training split whose decoded faces fit in
-# this many bytes is decoded once per run and read from Ray's object store every epoch; a
-# larger one streams from its Parquet shards each epoch (bench/train_throughput.py: at the
-# demo's size a new streaming read per epoch cost about 5 s an epoch; bench/data_memory.py:
-# streaming keeps a worker's own memory nearly flat as data grows).
-DECODED_ONCE_BYTES = 512 * 2**20
 
 
 def _stack(column: Sequence[Any], dtype: Any) -> np.ndarray:
@@ -97,9 +91,7 @@ def face_dataset(split: FaceSplit, *, train: bool, seed: int | None = None, size
     )
 
 
-def decoded_once_if_small(
-    ds, split: FaceSplit, what: str, face_size: int = 200, limit: int = DECODED_ONCE_BYTES
-):
+def decoded_once_if_small(ds, split: FaceSplit, what: str, *, limit: int, face_size: int = 200):
     """`ds` materialised (decoded once, kept in Ray's object store) when the split's decoded
     faces fit `limit` bytes, else `ds` unchanged (streamed every epoch); says which."""
     decoded = split.num_rows * face_size * face_size * 3
