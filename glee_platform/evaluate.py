@@ -103,28 +103,11 @@ def _face_batches(prep: Path, dataset: str, folds: list[int], max_rows: int, bat
 
 
 def evaluate_checkpoint(
-    model: dict[str, Any],
-    checkpoint: str | os.PathLike,
-    prep: str | os.PathLike,
-    dataset: str,
-    folds: list[int],
-    *,
-    model_fold: int,
-    max_rows: int = 0,
-    batch_size: int = 64,
-    threads: int = 1,
+    model: dict[str, Any], checkpoint: str | os.PathLike, *args: Any, **options: Any
 ) -> FoldEvaluation:
-    """Run one checkpoint over the faces of `folds` of a preprocessed dataset (no Ray)."""
-    return evaluate_model(
-        load_checkpoint_model(model, checkpoint),
-        prep,
-        dataset,
-        folds,
-        model_fold=model_fold,
-        max_rows=max_rows,
-        batch_size=batch_size,
-        threads=threads,
-    )
+    """`evaluate_model` of the checkpoint, loaded here: the form a Ray task is given (a
+    config dict and a path travel; the rest of the arguments as `evaluate_model`'s)."""
+    return evaluate_model(load_checkpoint_model(model, checkpoint), *args, **options)
 
 
 def load_checkpoint_model(model: dict[str, Any], checkpoint: str | os.PathLike):
